@@ -1,0 +1,19 @@
+//! natscope's server side: `turnd`, a STUN server with complete RFC 5780 support (two
+//! addresses × two ports, CHANGE-REQUEST, RESPONSE-PORT, PADDING, OTHER-ADDRESS,
+//! RESPONSE-ORIGIN), built to face the public Internet. TURN (RFC 8656) comes next.
+//!
+//! - [`binding`]: the sans-IO responder. One packet in, at most one answer out, no allocation.
+//! - [`ratelimit`]: per-source token buckets (sans-IO).
+//! - [`server`]: drivers on real sockets (UDP worker threads, TCP on tokio).
+//! - [`config`]: flags and TOML.
+//!
+//! RFC sections: RFC 8489 §6.3 (server processing), §7.3 (FINGERPRINT), §14; RFC 5780 §6.1
+//! (server behaviour), §7 (attributes).
+
+#![deny(unsafe_code)]
+
+pub mod binding;
+pub mod config;
+pub mod ratelimit;
+pub mod server;
+mod udp;
