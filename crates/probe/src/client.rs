@@ -20,7 +20,7 @@ type Waiters = Arc<Mutex<HashMap<TransactionId, mpsc::Sender<(Vec<u8>, SocketAdd
 /// under 10 per second towards a server). Retransmissions are not counted.
 #[derive(Debug, Clone)]
 pub struct Pacer {
-    inner: Option<Arc<tokio::sync::Mutex<VecDeque<Instant>>>>,
+    inner: Option<Arc<tokio::sync::Mutex<VecDeque<tokio::time::Instant>>>>,
     per_second: usize,
 }
 
@@ -46,7 +46,8 @@ impl Pacer {
         let Some(inner) = &self.inner else { return };
         let mut q = inner.lock().await;
         loop {
-            let now = Instant::now();
+            // tokio's clock, so tests can run the pacer on virtual time.
+            let now = tokio::time::Instant::now();
             while q
                 .front()
                 .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
@@ -382,5 +383,41 @@ async fn recv_opt(
     match rx {
         Some(r) => r.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 5780 §5: no more than 10 new transactions in any one-second window.
+    #[tokio::test(start_paused = true)]
+    async fn pacer_allows_ten_per_second() {
+        let p = Pacer::new(10);
+        let t0 = tokio::time::Instant::now();
+        let mut starts = vec![];
+        for _ in 0..25 {
+            p.acquire().await;
+            starts.push(tokio::time::Instant::now() - t0);
+        }
+        assert!(starts[..10].iter().all(|d| *d == Duration::ZERO));
+        assert_eq!(starts[10], Duration::from_secs(1));
+        assert_eq!(starts[20], Duration::from_secs(2));
+        for w in starts.windows(11) {
+            assert!(
+                w[10] - w[0] >= Duration::from_secs(1),
+                "11 starts within a second"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unlimited_pacer_never_waits() {
+        let p = Pacer::unlimited();
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..1000 {
+            p.acquire().await;
+        }
+        assert_eq!(tokio::time::Instant::now(), t0);
     }
 }
