@@ -324,7 +324,8 @@ fn server_note(s: &ServerCheck) -> String {
         ServerCheck::Suitable => String::new(),
         ServerCheck::NoOtherAddress => {
             "the server sent no OTHER-ADDRESS: it does not implement RFC 5780, so filtering and \
-             the firm mapping tests were not run"
+             the firm mapping tests were not run. Try an RFC 5780 server (natprobe with no \
+             arguments uses public ones) or your own: turnd --listen IP:3478 --alt-ip IP2"
                 .into()
         }
         ServerCheck::OtherAddressNotDistinct { primary, other } => format!(
