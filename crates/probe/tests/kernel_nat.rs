@@ -1,0 +1,744 @@
+//! natprobe against the Linux kernel as the NAT: real network namespaces, nftables rules in a
+//! router namespace, `turnd` (in-process) in a server namespace, `natprobe` run in a client
+//! namespace. Each test builds its own three namespaces:
+//!
+//! ```text
+//!  C (client)               R (router: nftables, ip_forward)              S (server: turnd)
+//!  c0 192.168.77.2/24 ---- rin 192.168.77.1/24   rout 203.0.113.254/24 ---- s0 203.0.113.1/24
+//!  default via .1                                                             203.0.113.2/24
+//! ```
+//!
+//! The firewall case routes 198.51.100.0/24 instead of the RFC 1918 network, without NAT.
+//!
+//! Needs root, `ip` (iproute2), `nft` (nftables) and `sysctl` (procps). Without them the tests
+//! print a note and pass, except under CI (`CI` set), where they fail: nothing is skipped
+//! silently there.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sched::{CloneFlags, setns};
+use serde_json::Value;
+use turn::binding::ResponderConfig;
+use turn::server::{RunningServer, ServerConfig};
+
+const A1: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const A2: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+const P1: u16 = 3478;
+const P2: u16 = 3479;
+const ROUTER_PUBLIC: &str = "203.0.113.254";
+const SERVER: &str = "203.0.113.1:3478";
+
+/// Every namespace this process creates starts with this, then `<pid>-<n>-`.
+const NS_TAG: &str = "nsc-";
+
+// ---------------------------------------------------------------------------------------------
+// Commands
+
+fn describe(args: &[&str]) -> String {
+    args.join(" ")
+}
+
+/// Run a command to completion, feeding `stdin`; panic with its stderr if it fails.
+fn run_with_input(args: &[&str], stdin: Option<&str>) -> String {
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..])
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start `{}`: {e}", describe(args)));
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes())
+            .unwrap_or_else(|e| panic!("cannot feed `{}`: {e}", describe(args)));
+    }
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("`{}` did not finish: {e}", describe(args)));
+    assert!(
+        out.status.success(),
+        "`{}` failed ({}):\n{}{}",
+        describe(args),
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        stdin
+            .map(|s| format!("\ninput was:\n{s}"))
+            .unwrap_or_default(),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn run(args: &[&str]) -> String {
+    run_with_input(args, None)
+}
+
+/// `ip netns exec NS <words>`; its stdout.
+fn exec(ns: &str, words: &str) -> String {
+    let mut args = vec!["ip", "netns", "exec", ns];
+    args.extend(words.split_whitespace());
+    run(&args)
+}
+
+/// `ip -n NS <words>`.
+fn ip(ns: &str, words: &str) {
+    let mut args = vec!["ip", "-n", ns];
+    args.extend(words.split_whitespace());
+    run(&args);
+}
+
+/// Like [`run`], but an error message instead of a panic (for the prerequisite check).
+fn try_run(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run `{}`: {e}", describe(args)))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`{}` failed ({}): {}",
+            describe(args),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prerequisites
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn next_prefix() -> String {
+    format!(
+        "{NS_TAG}{}-{}-",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Namespaces left by an earlier run of these tests that was killed (its pid is gone).
+fn remove_stale_namespaces() {
+    let Ok(list) = try_run(&["ip", "netns", "list"]) else {
+        return;
+    };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name
+            .strip_prefix(NS_TAG)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = try_run(&["ip", "netns", "del", name]);
+        }
+    }
+}
+
+/// Checked once per process, before any test builds namespaces (which also serialises the
+/// first `ip netns add`, the one that sets up /run/netns).
+fn prerequisites() -> &'static Result<(), String> {
+    static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
+    CHECK.get_or_init(|| {
+        match effective_uid() {
+            Some(0) => {}
+            Some(uid) => return Err(format!("not root (euid {uid})")),
+            None => return Err("cannot read the effective uid from /proc/self/status".into()),
+        }
+        try_run(&["ip", "-V"]).map_err(|e| format!("iproute2 is missing: {e}"))?;
+        try_run(&["nft", "--version"]).map_err(|e| format!("nftables is missing: {e}"))?;
+        try_run(&["sysctl", "--version"]).map_err(|e| format!("procps is missing: {e}"))?;
+        remove_stale_namespaces();
+        let ns = format!("{}check", next_prefix());
+        try_run(&["ip", "netns", "add", &ns])
+            .map_err(|e| format!("`ip netns` is not usable: {e}"))?;
+        let nft = try_run(&["ip", "netns", "exec", &ns, "nft", "list", "ruleset"]);
+        let del = try_run(&["ip", "netns", "del", &ns]);
+        nft.map_err(|e| format!("nft does not work in a namespace: {e}"))?;
+        del.map_err(|e| format!("cannot delete namespace {ns}: {e}"))?;
+        Ok(())
+    })
+}
+
+/// `true` when the tests can run; otherwise a note (or, under CI, a failure).
+fn can_run(test: &str) -> bool {
+    match prerequisites() {
+        Ok(()) => true,
+        Err(why) if in_ci() => panic!(
+            "{test}: the kernel NAT tests cannot run here, and CI must not skip them: {why}. \
+             They need root, iproute2, nftables and procps (apt-get install iproute2 nftables \
+             procps)"
+        ),
+        Err(why) => {
+            eprintln!("note: {test} skipped: {why} (needs root, iproute2, nftables, procps)");
+            false
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lab
+
+/// How the client side is addressed.
+#[derive(Debug, Clone, Copy)]
+enum Inside {
+    /// 192.168.77.0/24: only reachable through NAT.
+    Private,
+    /// 198.51.100.0/24: routed, the server knows the way back.
+    Public,
+}
+
+impl Inside {
+    fn net(self) -> &'static str {
+        match self {
+            Inside::Private => "192.168.77",
+            Inside::Public => "198.51.100",
+        }
+    }
+}
+
+/// Three namespaces, deleted on drop (also when a test panics). The server, if any, is stopped
+/// first.
+#[derive(Debug)]
+struct Lab {
+    c: String,
+    r: String,
+    s: String,
+    created: Vec<String>,
+    server: Option<RunningServer>,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Stop the server's threads (and close its sockets) before its namespace goes.
+        drop(self.server.take());
+        for ns in self.created.drain(..).rev() {
+            if let Err(e) = try_run(&["ip", "netns", "del", &ns]) {
+                eprintln!("warning: could not delete namespace {ns}: {e}");
+            }
+        }
+    }
+}
+
+/// Result of one natprobe run.
+#[derive(Debug)]
+struct Probe {
+    status: ExitStatus,
+    json: Value,
+    stdout: String,
+    stderr: String,
+}
+
+impl Probe {
+    /// Everything, for assertion messages.
+    fn context(&self) -> String {
+        format!(
+            "natprobe exited with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+
+    fn str(&self, key: &str) -> &str {
+        self.json[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} is not a string\n{}", self.context()))
+    }
+
+    /// The test named `name` in the `tests` array.
+    fn test(&self, name: &str) -> &Value {
+        self.json["tests"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["name"] == name))
+            .unwrap_or_else(|| panic!("no test named {name}\n{}", self.context()))
+    }
+
+    /// One line for the log: what the tests here are about.
+    fn summary(&self) -> String {
+        let j = &self.json;
+        format!(
+            "exit {:?}: nat={} mapping={} filtering={} legacy={} hairpinning={} \
+             port_preservation={} binding_lifetime_s={} mapped={} udp_blocked={}",
+            self.status.code(),
+            j["nat"],
+            j["mapping"],
+            j["filtering"],
+            j["legacy"],
+            j["hairpinning"],
+            j["port_preservation"],
+            j["binding_lifetime_s"],
+            j["mapped"],
+            j["udp_blocked"]
+        )
+    }
+}
+
+impl Lab {
+    /// Namespaces, veths, addresses and routes; forwarding on in R; no nftables rules yet.
+    fn new(inside: Inside) -> Lab {
+        let prefix = next_prefix();
+        let mut lab = Lab {
+            c: format!("{prefix}c"),
+            r: format!("{prefix}r"),
+            s: format!("{prefix}s"),
+            created: vec![],
+            server: None,
+        };
+        for ns in [lab.c.clone(), lab.r.clone(), lab.s.clone()] {
+            run(&["ip", "netns", "add", &ns]);
+            lab.created.push(ns);
+        }
+        let (c, r, s) = (lab.c.as_str(), lab.r.as_str(), lab.s.as_str());
+        let net = inside.net();
+        // The veths are created inside the namespaces: names never meet in the root namespace.
+        ip(c, &format!("link add c0 type veth peer name rin netns {r}"));
+        ip(
+            r,
+            &format!("link add rout type veth peer name s0 netns {s}"),
+        );
+        ip(c, &format!("addr add {net}.2/24 dev c0"));
+        ip(r, &format!("addr add {net}.1/24 dev rin"));
+        ip(r, &format!("addr add {ROUTER_PUBLIC}/24 dev rout"));
+        ip(s, &format!("addr add {A1}/24 dev s0"));
+        ip(s, &format!("addr add {A2}/24 dev s0"));
+        for (ns, dev) in [(c, "lo"), (c, "c0"), (r, "lo"), (r, "rin"), (r, "rout")] {
+            ip(ns, &format!("link set {dev} up"));
+        }
+        ip(s, "link set lo up");
+        ip(s, "link set s0 up");
+        ip(c, &format!("route add default via {net}.1"));
+        if let Inside::Public = inside {
+            ip(s, &format!("route add {net}.0/24 via {ROUTER_PUBLIC}"));
+        }
+        lab.sysctl_r("net.ipv4.ip_forward", "1");
+        lab
+    }
+
+    fn sysctl_r(&self, key: &str, value: &str) {
+        exec(&self.r, &format!("sysctl -w {key}={value}"));
+    }
+
+    fn sysctl_get(&self, ns: &str, key: &str) -> String {
+        exec(ns, &format!("sysctl -n {key}")).trim().to_owned()
+    }
+
+    /// Load an nftables ruleset into R.
+    fn nft(&self, ruleset: &str) {
+        run_with_input(
+            &["ip", "netns", "exec", &self.r, "nft", "-f", "-"],
+            Some(ruleset),
+        );
+    }
+
+    fn nft_list(&self) -> String {
+        exec(&self.r, "nft list ruleset")
+    }
+
+    /// turnd on A1:P1 / A2:P2 in S, from a thread that entered S (its threads inherit S).
+    fn serve(&mut self) {
+        let path = format!("/run/netns/{}", self.s);
+        let spawned = std::thread::spawn(move || -> Result<RunningServer, String> {
+            let ns = std::fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
+            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns {path}: {e}"))?;
+            let responder = ResponderConfig::new(
+                SocketAddr::new(IpAddr::V4(A1), P1),
+                Some((IpAddr::V4(A2), P2)),
+            );
+            let mut cfg = ServerConfig::new(responder);
+            cfg.rate_limit = 0;
+            cfg.tcp = false;
+            cfg.workers = 1;
+            turn::server::spawn(cfg).map_err(|e| format!("turnd: {e}"))
+        })
+        .join()
+        .unwrap();
+        self.server = Some(spawned.unwrap_or_else(|e| panic!("cannot start turnd in S: {e}")));
+    }
+
+    /// `natprobe --fast --json [extra] 203.0.113.1:3478` in C, killed after `limit`.
+    fn natprobe(&self, extra: &[&str], limit: Duration) -> Probe {
+        let bin = env!("CARGO_BIN_EXE_natprobe");
+        let mut args = vec!["netns", "exec", self.c.as_str(), bin, "--fast", "--json"];
+        args.extend_from_slice(extra);
+        args.push(SERVER);
+        let mut child = Command::new("ip")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start natprobe: {e}"));
+        let drain = |mut r: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                let _ = r.read_to_string(&mut s);
+                s
+            })
+        };
+        let out = drain(Box::new(child.stdout.take().unwrap()));
+        let err = drain(Box::new(child.stderr.take().unwrap()));
+        let started = Instant::now();
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "natprobe ran longer than {limit:?}; stderr:\n{}",
+                    err.join().unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = out.join().unwrap();
+        let stderr = err.join().unwrap();
+        let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!("natprobe printed no JSON ({e}); exit {status}\n{stdout}\n{stderr}")
+        });
+        let p = Probe {
+            status,
+            json,
+            stdout,
+            stderr,
+        };
+        eprintln!("[{}] {}", self.c, p.summary());
+        p
+    }
+
+    /// The ordinary run: classification must succeed (exit 0).
+    fn classify(&self) -> Probe {
+        let p = self.natprobe(&[], Duration::from_secs(60));
+        assert_eq!(p.status.code(), Some(0), "{}", p.context());
+        p
+    }
+}
+
+/// Source NAT of everything leaving by `rout` to R's public address (Linux masquerade).
+fn masquerade(flags: &str) -> String {
+    format!(
+        "table ip natscope {{
+           chain natscope_postrouting {{
+             type nat hook postrouting priority srcnat;
+             oifname \"rout\" masquerade {flags}
+           }}
+         }}\n"
+    )
+}
+
+/// Assertions shared by every case where natprobe classified something against our server.
+fn assert_server_suitable(p: &Probe) {
+    let ctx = p.context();
+    assert_eq!(p.json["server"], SERVER, "{ctx}");
+    assert_eq!(p.json["udp_blocked"], false, "{ctx}");
+    assert_eq!(p.json["rfc5780"], true, "{ctx}");
+    assert_eq!(p.json["server_check"]["status"], "suitable", "{ctx}");
+    assert_eq!(p.json["certainty"]["mapping"], "firm", "{ctx}");
+    assert_eq!(p.json["certainty"]["filtering"], "firm", "{ctx}");
+    assert_eq!(p.json["alg_detected"], false, "{ctx}");
+}
+
+fn ip_of(addr: &str) -> IpAddr {
+    addr.parse::<SocketAddr>().unwrap().ip()
+}
+
+fn port_of(v: &Value) -> u16 {
+    v.as_str().unwrap().parse::<SocketAddr>().unwrap().port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+
+/// Plain masquerade: Linux keeps the source port and reuses the mapping for every destination
+/// (endpoint-independent mapping), but conntrack lets in only the exact remote address and port
+/// a flow was opened to (address-and-port-dependent filtering).
+///
+/// THE regression test for running the filtering tests on the mapping socket: that socket has
+/// talked to A2:P2 (mapping test III), so conntrack would let A2:P2's answer to filtering test
+/// II in, and natprobe would report endpoint-independent filtering.
+#[test]
+fn masquerade_is_port_restricted_cone() {
+    if !can_run("masquerade_is_port_restricted_cone") {
+        return;
+    }
+    let mut lab = Lab::new(Inside::Private);
+    lab.nft(&masquerade(""));
+    lab.serve();
+    let p = lab.classify();
+    let ctx = p.context();
+    assert_server_suitable(&p);
+    assert_eq!(p.json["nat"], true, "{ctx}");
+    assert_eq!(
+        ip_of(p.str("local")),
+        "192.168.77.2".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(
+        ip_of(p.str("mapped")),
+        ROUTER_PUBLIC.parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(p.json["mapping"], "endpoint-independent", "{ctx}");
+    assert_eq!(p.json["filtering"], "address-and-port-dependent", "{ctx}");
+    assert_eq!(p.json["legacy"], "port-restricted-cone", "{ctx}");
+    assert_eq!(p.json["port_preservation"], true, "{ctx}");
+    assert_eq!(p.json["hairpinning"], false, "{ctx}");
+    assert_eq!(p.json["binding_lifetime_s"], Value::Null, "{ctx}");
+
+    // Why this catches the bug: the mapping socket *would* have received an answer from A2:P2
+    // (the server check proves it), while the fresh filtering socket did not.
+    let mapping_local = &p.test("mapping-I 203.0.113.1:3478")["local"];
+    let check = p.test("server-check");
+    assert_eq!(check["outcome"], "response", "{ctx}");
+    assert_eq!(check["from"], "203.0.113.2:3479", "{ctx}");
+    for name in ["filtering-II", "filtering-III"] {
+        let t = p.test(name);
+        assert_ne!(
+            &t["local"], mapping_local,
+            "{name} ran on the mapping socket\n{ctx}"
+        );
+        assert_eq!(t["outcome"], "timeout", "{name}\n{ctx}");
+    }
+}
+
+/// `masquerade random,fully-random`: every new conntrack entry (that is, every new destination
+/// address or port) gets a random external port, so mappings II and III differ from I and from
+/// each other: address-and-port-dependent mapping. (The chance that two random ports collide
+/// is about 1 in 64 000 per comparison.)
+#[test]
+fn fully_random_masquerade_is_symmetric() {
+    if !can_run("fully_random_masquerade_is_symmetric") {
+        return;
+    }
+    let mut lab = Lab::new(Inside::Private);
+    lab.nft(&masquerade("random,fully-random"));
+    assert!(
+        lab.nft_list().contains("fully-random"),
+        "{}",
+        lab.nft_list()
+    );
+    lab.serve();
+    let p = lab.classify();
+    let ctx = p.context();
+    assert_server_suitable(&p);
+    assert_eq!(p.json["nat"], true, "{ctx}");
+    assert_eq!(
+        ip_of(p.str("mapped")),
+        ROUTER_PUBLIC.parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(p.json["mapping"], "address-and-port-dependent", "{ctx}");
+    assert_eq!(p.json["filtering"], "address-and-port-dependent", "{ctx}");
+    assert_eq!(p.json["legacy"], "symmetric", "{ctx}");
+    assert_eq!(p.json["port_preservation"], false, "{ctx}");
+    let ports: Vec<u16> = ["mapping-I 203.0.113.1:3478", "mapping-II", "mapping-III"]
+        .iter()
+        .map(|n| port_of(&p.test(n)["mapped"]))
+        .collect();
+    assert!(
+        ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2],
+        "{ports:?}\n{ctx}"
+    );
+}
+
+/// No NAT, a stateful firewall in R: outbound opens a conntrack flow, inbound needs one.
+/// Then, as a control that the filtering tests can see an open path at all in this lab, the
+/// same routed path without the firewall: open Internet.
+#[test]
+fn stateful_firewall_without_nat_is_symmetric_udp_firewall() {
+    if !can_run("stateful_firewall_without_nat_is_symmetric_udp_firewall") {
+        return;
+    }
+    let mut lab = Lab::new(Inside::Public);
+    lab.nft(
+        "table inet natscope {
+           chain natscope_forward {
+             type filter hook forward priority filter; policy drop;
+             ct state established,related accept
+             iifname \"rin\" oifname \"rout\" accept
+           }
+         }\n",
+    );
+    lab.serve();
+    let p = lab.classify();
+    let ctx = p.context();
+    assert_server_suitable(&p);
+    assert_eq!(p.json["nat"], false, "{ctx}");
+    assert_eq!(p.json["mapped"], p.json["local"], "{ctx}");
+    assert_eq!(
+        ip_of(p.str("local")),
+        "198.51.100.2".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(p.json["mapping"], "endpoint-independent", "{ctx}");
+    assert_eq!(p.json["filtering"], "address-and-port-dependent", "{ctx}");
+    assert_eq!(p.json["legacy"], "symmetric-udp-firewall", "{ctx}");
+    assert_eq!(p.json["hairpinning"], Value::Null, "{ctx}");
+    assert_eq!(p.json["port_preservation"], Value::Null, "{ctx}");
+
+    exec(&lab.r, "nft flush ruleset");
+    let open = lab.classify();
+    let ctx = open.context();
+    assert_server_suitable(&open);
+    assert_eq!(open.json["nat"], false, "{ctx}");
+    assert_eq!(open.json["filtering"], "endpoint-independent", "{ctx}");
+    assert_eq!(open.json["legacy"], "open-internet", "{ctx}");
+}
+
+/// R drops every forwarded UDP packet: nothing answers test I. natprobe still prints its JSON,
+/// and exits 3.
+#[test]
+fn udp_blocked_exits_3() {
+    if !can_run("udp_blocked_exits_3") {
+        return;
+    }
+    let mut lab = Lab::new(Inside::Private);
+    lab.nft(&format!(
+        "{}table inet natscope_filter {{
+           chain natscope_forward {{
+             type filter hook forward priority filter;
+             meta l4proto udp counter drop
+           }}
+         }}\n",
+        masquerade("")
+    ));
+    lab.serve();
+    let started = Instant::now();
+    let p = lab.natprobe(&[], Duration::from_secs(60));
+    let took = started.elapsed();
+    let ctx = p.context();
+    assert_eq!(p.status.code(), Some(3), "{ctx}");
+    assert_eq!(p.json["udp_blocked"], true, "{ctx}");
+    assert_eq!(p.json["legacy"], "udp-blocked", "{ctx}");
+    assert_eq!(p.json["nat"], Value::Null, "{ctx}");
+    assert_eq!(p.json["mapped"], Value::Null, "{ctx}");
+    assert!(took < Duration::from_secs(10), "took {took:?}\n{ctx}");
+    // The drop rule is what stopped it, not a broken lab.
+    let rules = lab.nft_list();
+    let dropped = rules
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(dropped.is_some_and(|n| n > 0), "{rules}");
+}
+
+/// Conntrack's UDP timeout, set per namespace in R, is the binding lifetime natprobe measures.
+///
+/// `nf_conntrack_udp_timeout` (3 s here) is the timeout of a UDP flow that has not become a
+/// "stream"; a flow whose only exchange is one request and its answer, within 2 s, stays on it
+/// (`nf_conntrack_udp_timeout_stream` applies only to flows still active after 2 s). The entry
+/// is refreshed by the server's answer, and natprobe starts its wait when it receives that
+/// answer, so after a wait of 3.0 s the entry has just expired, after 2.5 s it is alive: the
+/// search (1, 2 alive; 4, 3 expired; 2.5 alive) reports 2.5, the longest wait seen alive, with
+/// the 0.5 s resolution. Scheduling delays only make a check later (so more likely expired),
+/// which could give 2.0 on a very slow machine; [2, 4.5] allows for that and for one
+/// resolution step of slack above the true 3 s.
+#[test]
+fn binding_lifetime_follows_conntrack_udp_timeout() {
+    if !can_run("binding_lifetime_follows_conntrack_udp_timeout") {
+        return;
+    }
+    let mut lab = Lab::new(Inside::Private);
+    lab.nft(&masquerade(""));
+    lab.sysctl_r("net.netfilter.nf_conntrack_udp_timeout", "3");
+    // Per namespace: S, a fresh namespace, still has the default.
+    assert_eq!(
+        lab.sysctl_get(&lab.r, "net.netfilter.nf_conntrack_udp_timeout"),
+        "3"
+    );
+    assert_ne!(
+        lab.sysctl_get(&lab.s, "net.netfilter.nf_conntrack_udp_timeout"),
+        "3"
+    );
+    lab.serve();
+    let p = lab.natprobe(
+        &[
+            "--lifetime",
+            "--lifetime-max",
+            "8",
+            "--lifetime-resolution",
+            "0.5",
+        ],
+        Duration::from_secs(120),
+    );
+    let ctx = p.context();
+    assert_eq!(p.status.code(), Some(0), "{ctx}");
+    assert_server_suitable(&p);
+    assert_eq!(p.json["legacy"], "port-restricted-cone", "{ctx}");
+    let lifetime = p.json["binding_lifetime_s"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no lifetime\n{ctx}"));
+    assert!(
+        (2.0..=4.5).contains(&lifetime),
+        "lifetime {lifetime}\n{ctx}"
+    );
+}
+
+/// Hairpinning by nftables: a packet from inside to R's public address is sent back inside
+/// (DNAT to the client host, same port) with its source rewritten to R's public address
+/// (SNAT), as a peer on the outside would see it.
+///
+/// This is a lab shortcut, not a general hairpinning NAT: the DNAT sends every such port to
+/// 192.168.77.2 whether or not a mapping exists, which works here because there is one inside
+/// host and masquerade keeps the source port (so the mapped port is the local port). It shows
+/// that natprobe sees hairpinning when the packets do come back.
+#[test]
+fn hairpinning_is_detected() {
+    if !can_run("hairpinning_is_detected") {
+        return;
+    }
+    let mut lab = Lab::new(Inside::Private);
+    lab.nft(
+        "table ip natscope {
+           chain natscope_prerouting {
+             type nat hook prerouting priority dstnat;
+             iifname \"rin\" ip daddr 203.0.113.254 udp dport 1024-65535 dnat to 192.168.77.2
+           }
+           chain natscope_postrouting {
+             type nat hook postrouting priority srcnat;
+             oifname \"rout\" masquerade
+             oifname \"rin\" ip saddr 192.168.77.0/24 ct status dnat snat to 203.0.113.254
+           }
+         }\n",
+    );
+    lab.serve();
+    let p = lab.classify();
+    let ctx = p.context();
+    assert_server_suitable(&p);
+    assert_eq!(p.json["nat"], true, "{ctx}");
+    // The DNAT shortcut above relies on it.
+    assert_eq!(p.json["port_preservation"], true, "{ctx}");
+    assert_eq!(p.json["mapping"], "endpoint-independent", "{ctx}");
+    assert_eq!(p.json["filtering"], "address-and-port-dependent", "{ctx}");
+    assert_eq!(p.json["legacy"], "port-restricted-cone", "{ctx}");
+    assert_eq!(p.json["hairpinning"], true, "{ctx}");
+    let h = p.test("hairpinning");
+    assert_eq!(h["outcome"], "delivered", "{ctx}");
+    assert_eq!(h["destination"], p.json["mapped"], "{ctx}");
+    assert_eq!(
+        ip_of(h["from"].as_str().unwrap()),
+        ROUTER_PUBLIC.parse::<IpAddr>().unwrap(),
+        "the hairpinned packet must come from the external address\n{ctx}"
+    );
+}
