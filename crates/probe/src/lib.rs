@@ -6,10 +6,11 @@
 //! - [`client`]: the tokio driver: sockets demultiplexed by transaction ID, each test driven by
 //!   the sans-IO `stun::transaction::Transaction` (RFC 8489 §6.2.1 retransmissions), and a
 //!   pacer for RFC 5780 §5 (at most 10 new transactions per second towards public servers).
-//! - [`run`]: the plan. Independent tests run concurrently: on a loss-free path a full UDP
+//! - [`run`]: resolution, test I everywhere, choosing the server; the UDP and TCP plans and the
+//!   lifetime search live in private modules `udp`, `tcp`, `lifetime`. Independent tests run concurrently: on a loss-free path a full UDP
 //!   classification takes one round trip plus, at worst, one transaction timeout (≈1.1 s with
 //!   the diagnostic profile) for tests whose answer is filtered.
-//! - [`report`]: the human table.
+//! - [`report`]: the report (JSON schema) and the human table.
 //!
 //! RFC 5780 sections: §4.3 mapping, §4.4 filtering, §4.5 hairpinning, §4.6 binding lifetime,
 //! §5 pacing; RFC 4787 §4.1 (mapping), §5 (filtering), §6 (hairpinning).
@@ -18,8 +19,11 @@
 
 pub mod classify;
 pub mod client;
+mod lifetime;
 pub mod report;
 pub mod run;
+mod tcp;
+mod udp;
 
 /// Public servers known to answer RFC 5780 (OTHER-ADDRESS, CHANGE-REQUEST), tried in order.
 pub const DEFAULT_RFC5780_SERVERS: &[&str] = &[

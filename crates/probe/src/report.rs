@@ -1,9 +1,94 @@
-//! The human-readable report: RFC 4787 words first, the legacy name as a footnote.
+//! The report: its JSON form is the documented `--json` schema (README); [`render`] is the
+//! human table, RFC 4787 words first and the legacy name as a footnote.
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use serde::Serialize;
 
-use crate::classify::Certainty;
-use crate::run::Report;
+use crate::classify::{Certainty, ServerCheck};
+use crate::client::Observation;
+
+/// One server and what it said to test I.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerReport {
+    /// As given.
+    pub name: String,
+    /// Resolved address used.
+    pub address: Option<String>,
+    /// Answered test I.
+    pub answered: bool,
+    /// Sent OTHER-ADDRESS.
+    pub rfc5780: bool,
+    /// Mapped address it saw.
+    pub mapped: Option<String>,
+    /// SOFTWARE.
+    pub software: Option<String>,
+    /// Why it was not used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How sure each conclusion is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Certainties {
+    /// Mapping.
+    pub mapping: Certainty,
+    /// Filtering.
+    pub filtering: Certainty,
+}
+
+/// The result; its JSON form is the documented `--json` schema (see README).
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Schema version.
+    pub schema_version: u32,
+    /// The server the RFC 5780 tests ran against, "ip:port".
+    pub server: Option<String>,
+    /// Local address of the mapping socket, "ip:port".
+    pub local: Option<String>,
+    /// Mapped (server-reflexive) address, "ip:port".
+    pub mapped: Option<String>,
+    /// "udp" or "tcp".
+    pub transport: &'static str,
+    /// A NAT is present.
+    pub nat: Option<bool>,
+    /// No answer at all.
+    pub udp_blocked: bool,
+    /// The server used passed the RFC 5780 checks.
+    pub rfc5780: bool,
+    /// RFC 4787 mapping.
+    pub mapping: &'static str,
+    /// RFC 4787 filtering.
+    pub filtering: &'static str,
+    /// Hairpinning works (null: not tested or not applicable).
+    pub hairpinning: Option<bool>,
+    /// The NAT kept the local port.
+    pub port_preservation: Option<bool>,
+    /// Binding lifetime in seconds (null unless `--lifetime`).
+    pub binding_lifetime_s: Option<f64>,
+    /// MAPPED-ADDRESS differed from XOR-MAPPED-ADDRESS.
+    pub alg_detected: bool,
+    /// RFC 3489 name, derived.
+    pub legacy: &'static str,
+    /// How sure mapping and filtering are.
+    pub certainty: Certainties,
+    /// The RFC 5780 server checks.
+    pub server_check: Option<ServerCheck>,
+    /// Every server tried.
+    pub servers: Vec<ServerReport>,
+    /// Explanations, bounds, warnings.
+    pub notes: Vec<String>,
+    /// Every test run, in order.
+    pub tests: Vec<Observation>,
+    /// Wall time of the whole probe.
+    pub elapsed_ms: u64,
+}
+
+impl Report {
+    /// At least one server answered: the result means something.
+    pub fn usable(&self) -> bool {
+        !self.udp_blocked
+    }
+}
 
 fn yes_no(b: Option<bool>, na: &str) -> String {
     match b {
