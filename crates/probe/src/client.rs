@@ -163,6 +163,11 @@ impl Observation {
         matches!((self.mapped_plain, self.mapped), (Some(p), Some(x)) if p != x)
     }
 
+    fn fail(&mut self, detail: String) {
+        self.outcome = "io-error";
+        self.detail = Some(detail);
+    }
+
     pub(crate) fn record(&mut self, r: &BindingResponse) {
         self.mapped = r.mapped_address();
         self.mapped_plain = r.mapped;
@@ -245,20 +250,7 @@ impl StunSocket {
         cfg: RetransmitConfig,
         pacer: &Pacer,
     ) -> Observation {
-        let mut obs = Observation::new(name, self.local, dest, req);
-        let id = new_transaction_id();
-        let bytes = match req.encode(&id) {
-            Ok(b) => b,
-            Err(e) => {
-                obs.outcome = "io-error";
-                obs.detail = Some(e.to_string());
-                return obs;
-            }
-        };
-        pacer.acquire().await;
-        let mut rx = self.register(id);
-        let result = self.drive(&bytes, dest, cfg, Some(&mut rx), None).await;
-        self.unregister(&id);
+        let (mut obs, result) = self.exchange(name, dest, req, cfg, pacer, None).await;
         match result {
             Ok((Outcome::Response(r), sends)) => {
                 obs.sends = sends;
@@ -266,17 +258,11 @@ impl StunSocket {
                 obs.rtt_ms = r.rtt.map(|d| d.as_secs_f64() * 1000.0);
                 match BindingResponse::parse(&r.bytes) {
                     Ok(b) => obs.record(&b),
-                    Err(e) => {
-                        obs.outcome = "io-error";
-                        obs.detail = Some(format!("unreadable response: {e}"));
-                    }
+                    Err(e) => obs.fail(format!("unreadable response: {e}")),
                 }
             }
             Ok((Outcome::TimedOut { sends }, _)) => obs.sends = sends,
-            Err(e) => {
-                obs.outcome = "io-error";
-                obs.detail = Some(e.to_string());
-            }
+            Err(e) => obs.fail(e.to_string()),
         }
         obs
     }
@@ -285,7 +271,6 @@ impl StunSocket {
     /// whether *another* socket, `receiver`, gets a STUN message with its transaction ID. Used
     /// for hairpinning (the request itself arrives) and binding lifetime (the response, sent
     /// with RESPONSE-PORT, arrives).
-    #[allow(clippy::too_many_arguments)]
     pub async fn deliver(
         &self,
         name: &str,
@@ -295,20 +280,9 @@ impl StunSocket {
         cfg: RetransmitConfig,
         pacer: &Pacer,
     ) -> Observation {
-        let mut obs = Observation::new(name, self.local, dest, req);
-        let id = new_transaction_id();
-        let bytes = match req.encode(&id) {
-            Ok(b) => b,
-            Err(e) => {
-                obs.outcome = "io-error";
-                obs.detail = Some(e.to_string());
-                return obs;
-            }
-        };
-        pacer.acquire().await;
-        let mut rx = receiver.register(id);
-        let result = self.drive(&bytes, dest, cfg, None, Some(&mut rx)).await;
-        receiver.unregister(&id);
+        let (mut obs, result) = self
+            .exchange(name, dest, req, cfg, pacer, Some(receiver))
+            .await;
         match result {
             Ok((Outcome::Response(r), sends)) => {
                 obs.sends = sends;
@@ -323,12 +297,37 @@ impl StunSocket {
                 obs.sends = sends;
                 obs.outcome = "not-delivered";
             }
-            Err(e) => {
-                obs.outcome = "io-error";
-                obs.detail = Some(e.to_string());
-            }
+            Err(e) => obs.fail(e.to_string()),
         }
         obs
+    }
+
+    /// Encode, pace, register the transaction ID on the socket that should hear back (this one,
+    /// or `elsewhere`), drive the transaction, unregister.
+    async fn exchange(
+        &self,
+        name: &str,
+        dest: SocketAddr,
+        req: &BindingRequest,
+        cfg: RetransmitConfig,
+        pacer: &Pacer,
+        elsewhere: Option<&StunSocket>,
+    ) -> (Observation, io::Result<(Outcome, u32)>) {
+        let obs = Observation::new(name, self.local, dest, req);
+        let id = new_transaction_id();
+        let bytes = match req.encode(&id) {
+            Ok(b) => b,
+            Err(e) => return (obs, Err(io::Error::new(io::ErrorKind::InvalidInput, e))),
+        };
+        pacer.acquire().await;
+        let listener = elsewhere.unwrap_or(self);
+        let mut rx = listener.register(id);
+        let result = match elsewhere {
+            None => self.drive(&bytes, dest, cfg, Some(&mut rx), None).await,
+            Some(_) => self.drive(&bytes, dest, cfg, None, Some(&mut rx)).await,
+        };
+        listener.unregister(&id);
+        (obs, result)
     }
 
     /// Drive a transaction: `own` receives matching responses on this socket; `elsewhere`

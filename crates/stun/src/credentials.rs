@@ -192,27 +192,35 @@ pub fn verify(msg: &Message<'_>, key: &Key) -> Result<Verified, CredentialError>
 /// every other attribute and before [`MessageWriter::fingerprint`].
 pub fn sign(w: &mut MessageWriter<'_>, key: &Key, integrity: Integrity) -> Result<(), WireError> {
     if matches!(integrity, Integrity::Sha1 | Integrity::Both) {
-        let zero = [0u8; 20];
-        w.attribute(attr::MESSAGE_INTEGRITY, &zero)?;
-        let (msg, start) = w.last_attribute_mut();
-        let h = adjusted_header(msg, start, 20).ok_or(WireError::BufferFull)?;
-        let body = msg.get(HEADER_LEN..start).ok_or(WireError::BufferFull)?;
-        let tag = mac_sha1(&key.bytes, &h, body).finalize().into_bytes();
-        msg.get_mut(start + 4..start + 24)
-            .ok_or(WireError::BufferFull)?
-            .copy_from_slice(&tag);
+        append_mac::<20>(w, attr::MESSAGE_INTEGRITY, |h, body| {
+            mac_sha1(&key.bytes, h, body).finalize().into_bytes().into()
+        })?;
     }
     if matches!(integrity, Integrity::Sha256 | Integrity::Both) {
-        let zero = [0u8; 32];
-        w.attribute(attr::MESSAGE_INTEGRITY_SHA256, &zero)?;
-        let (msg, start) = w.last_attribute_mut();
-        let h = adjusted_header(msg, start, 32).ok_or(WireError::BufferFull)?;
-        let body = msg.get(HEADER_LEN..start).ok_or(WireError::BufferFull)?;
-        let tag = mac_sha256(&key.bytes, &h, body).finalize().into_bytes();
-        msg.get_mut(start + 4..start + 36)
-            .ok_or(WireError::BufferFull)?
-            .copy_from_slice(&tag);
+        append_mac::<32>(w, attr::MESSAGE_INTEGRITY_SHA256, |h, body| {
+            mac_sha256(&key.bytes, h, body)
+                .finalize()
+                .into_bytes()
+                .into()
+        })?;
     }
+    Ok(())
+}
+
+/// Append an `N`-byte integrity attribute whose value is `mac(adjusted header, body before it)`.
+fn append_mac<const N: usize>(
+    w: &mut MessageWriter<'_>,
+    attr_type: u16,
+    mac: impl FnOnce(&[u8], &[u8]) -> [u8; N],
+) -> Result<(), WireError> {
+    w.attribute(attr_type, &[0u8; N])?;
+    let (msg, start) = w.last_attribute_mut();
+    let h = adjusted_header(msg, start, N).ok_or(WireError::BufferFull)?;
+    let body = msg.get(HEADER_LEN..start).ok_or(WireError::BufferFull)?;
+    let tag = mac(&h, body);
+    msg.get_mut(start + 4..start + 4 + N)
+        .ok_or(WireError::BufferFull)?
+        .copy_from_slice(&tag);
     Ok(())
 }
 
