@@ -34,6 +34,11 @@ const P1: u16 = 3478;
 const P2: u16 = 3479;
 const ROUTER_PUBLIC: &str = "203.0.113.254";
 const SERVER: &str = "203.0.113.1:3478";
+// IPv6: a ULA inside (fd00::/8 plays RFC 1918's part), documentation space outside.
+const A1_V6: &str = "2001:db8:ff::1";
+const A2_V6: &str = "2001:db8:ff::2";
+const ROUTER_PUBLIC_V6: &str = "2001:db8:ff::254";
+const SERVER_V6: &str = "[2001:db8:ff::1]:3478";
 
 /// Every namespace this process creates starts with this, then `<pid>-<n>-`.
 const NS_TAG: &str = "nsc-";
@@ -229,13 +234,13 @@ struct Lab {
     r: String,
     s: String,
     created: Vec<String>,
-    server: Option<RunningServer>,
+    servers: Vec<RunningServer>,
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
         // Stop the server's threads (and close its sockets) before its namespace goes.
-        drop(self.server.take());
+        self.servers.clear();
         for ns in self.created.drain(..).rev() {
             if let Err(e) = try_run(&["ip", "netns", "del", &ns]) {
                 eprintln!("warning: could not delete namespace {ns}: {e}");
@@ -305,7 +310,7 @@ impl Lab {
             r: format!("{prefix}r"),
             s: format!("{prefix}s"),
             created: vec![],
-            server: None,
+            servers: vec![],
         };
         for ns in [lab.c.clone(), lab.r.clone(), lab.s.clone()] {
             run(&["ip", "netns", "add", &ns]);
@@ -330,6 +335,17 @@ impl Lab {
         ip(s, "link set lo up");
         ip(s, "link set s0 up");
         ip(c, &format!("route add default via {net}.1"));
+        // IPv6 beside IPv4 (nodad: usable at once, no duplicate address detection wait).
+        ip(c, "-6 addr add fd77::2/64 dev c0 nodad");
+        ip(r, "-6 addr add fd77::1/64 dev rin nodad");
+        ip(
+            r,
+            &format!("-6 addr add {ROUTER_PUBLIC_V6}/64 dev rout nodad"),
+        );
+        ip(s, &format!("-6 addr add {A1_V6}/64 dev s0 nodad"));
+        ip(s, &format!("-6 addr add {A2_V6}/64 dev s0 nodad"));
+        ip(c, "-6 route add default via fd77::1");
+        lab.sysctl_r("net.ipv6.conf.all.forwarding", "1");
         if let Inside::Public = inside {
             ip(s, &format!("route add {net}.0/24 via {ROUTER_PUBLIC}"));
         }
@@ -359,14 +375,20 @@ impl Lab {
 
     /// turnd on A1:P1 / A2:P2 in S, from a thread that entered S (its threads inherit S).
     fn serve(&mut self) {
+        self.serve_on(IpAddr::V4(A1), IpAddr::V4(A2));
+    }
+
+    /// The same on the IPv6 addresses.
+    fn serve_v6(&mut self) {
+        self.serve_on(A1_V6.parse().unwrap(), A2_V6.parse().unwrap());
+    }
+
+    fn serve_on(&mut self, a1: IpAddr, a2: IpAddr) {
         let path = format!("/run/netns/{}", self.s);
         let spawned = std::thread::spawn(move || -> Result<RunningServer, String> {
             let ns = std::fs::File::open(&path).map_err(|e| format!("open {path}: {e}"))?;
             setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns {path}: {e}"))?;
-            let responder = ResponderConfig::new(
-                SocketAddr::new(IpAddr::V4(A1), P1),
-                Some((IpAddr::V4(A2), P2)),
-            );
+            let responder = ResponderConfig::new(SocketAddr::new(a1, P1), Some((a2, P2)));
             let mut cfg = ServerConfig::new(responder);
             cfg.rate_limit = 0;
             cfg.tcp = false;
@@ -375,15 +397,21 @@ impl Lab {
         })
         .join()
         .unwrap();
-        self.server = Some(spawned.unwrap_or_else(|e| panic!("cannot start turnd in S: {e}")));
+        self.servers
+            .push(spawned.unwrap_or_else(|e| panic!("cannot start turnd in S: {e}")));
     }
 
     /// `natprobe --fast --json [extra] 203.0.113.1:3478` in C, killed after `limit`.
     fn natprobe(&self, extra: &[&str], limit: Duration) -> Probe {
+        self.natprobe_to(SERVER, extra, limit)
+    }
+
+    /// `natprobe --fast --json [extra] <server>` in C, killed after `limit`.
+    fn natprobe_to(&self, server: &str, extra: &[&str], limit: Duration) -> Probe {
         let bin = env!("CARGO_BIN_EXE_natprobe");
         let mut args = vec!["netns", "exec", self.c.as_str(), bin, "--fast", "--json"];
         args.extend_from_slice(extra);
-        args.push(SERVER);
+        args.push(server);
         let mut child = Command::new("ip")
             .args(&args)
             .stdin(Stdio::null())
@@ -740,5 +768,46 @@ fn hairpinning_is_detected() {
         ip_of(h["from"].as_str().unwrap()),
         ROUTER_PUBLIC.parse::<IpAddr>().unwrap(),
         "the hairpinned packet must come from the external address\n{ctx}"
+    );
+}
+
+/// NAT66 with Linux masquerade: the IPv6 code paths (XOR with the transaction ID, -6, address
+/// formatting) end to end. Same conntrack, so the same verdict as IPv4 masquerade.
+#[test]
+fn ipv6_nat66_masquerade_is_port_restricted_cone() {
+    if !can_run("ipv6_nat66_masquerade_is_port_restricted_cone") {
+        return;
+    }
+    let mut lab = Lab::new(Inside::Private);
+    lab.nft(
+        "table ip6 natscope6 {
+           chain natscope6_postrouting {
+             type nat hook postrouting priority srcnat; policy accept;
+             oifname \"rout\" masquerade
+           }
+         }",
+    );
+    lab.serve_v6();
+    let p = lab.natprobe_to(SERVER_V6, &["-6"], Duration::from_secs(60));
+    assert_eq!(p.status.code(), Some(0), "{}", p.context());
+    assert_eq!(p.json["nat"], true, "{}", p.context());
+    assert_eq!(p.str("server"), SERVER_V6);
+    let local: SocketAddr = p.str("local").parse().unwrap();
+    assert_eq!(local.ip().to_string(), "fd77::2");
+    let mapped: SocketAddr = p.str("mapped").parse().unwrap();
+    assert_eq!(mapped.ip().to_string(), ROUTER_PUBLIC_V6);
+    assert_eq!(p.str("mapping"), "endpoint-independent", "{}", p.context());
+    assert_eq!(
+        p.str("filtering"),
+        "address-and-port-dependent",
+        "{}",
+        p.context()
+    );
+    assert_eq!(p.str("legacy"), "port-restricted-cone");
+    assert_eq!(p.json["rfc5780"], true);
+    assert_eq!(p.test("filtering-II")["outcome"], "timeout");
+    assert_eq!(
+        p.test("server-check")["from"],
+        format!("[{A2_V6}]:{P2}").as_str()
     );
 }
