@@ -23,6 +23,7 @@ use crate::server::{ServerConfig, check_announceable};
 /// max_padding = 1200
 /// amplification = 3
 /// workers = 0                 # UDP threads per address, 0 = one per core
+/// udp_io = "gso"              # gso | batch | simple: UDP socket calls (fall back by themselves)
 /// log_format = "text"         # or "json"
 /// ```
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
@@ -56,6 +57,8 @@ pub struct FileConfig {
     pub tcp_idle_timeout_s: Option<u64>,
     /// "text" or "json".
     pub log_format: Option<String>,
+    /// "gso", "batch" or "simple".
+    pub udp_io: Option<String>,
 }
 
 /// Read and parse a TOML file; errors name the file and the line.
@@ -116,6 +119,10 @@ pub struct Flags {
     /// Log format: text or json.
     #[arg(long, value_parser = ["text", "json"])]
     pub log_format: Option<String>,
+    /// UDP socket calls: gso (recvmmsg/sendmmsg + UDP GSO), batch (no GSO) or simple (one
+    /// call per datagram). Each falls back to the next if the kernel refuses it.
+    #[arg(long, value_parser = ["gso", "batch", "simple"])]
+    pub udp_io: Option<String>,
 }
 
 /// Merge flags over the file into a server config. Returns the config and the log format.
@@ -180,6 +187,9 @@ pub fn merge(flags: &Flags, file: FileConfig) -> Result<(ServerConfig, String), 
     }
     if let Some(w) = flags.workers.or(file.workers) {
         cfg.workers = w;
+    }
+    if let Some(io) = flags.udp_io.clone().or(file.udp_io) {
+        cfg.udp_io = io.parse()?;
     }
     if let Some(m) = file.max_tcp_connections {
         cfg.max_tcp_connections = m;

@@ -16,6 +16,34 @@ use crate::binding::{Listener, Responder, ResponderConfig, Transport};
 use crate::ratelimit::{DEFAULT_BUCKETS, RateLimiter};
 use crate::udp;
 
+/// Which socket calls the UDP workers use. The default is the fastest the kernel offers; each
+/// level falls back to the next by itself when the kernel refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UdpIo {
+    /// recvmmsg/sendmmsg, and replies to one destination in a batch coalesced with UDP GSO
+    /// (the datagrams on the wire are the same; the kernel handles them in one pass).
+    #[default]
+    Gso,
+    /// recvmmsg/sendmmsg, one datagram per reply.
+    Batch,
+    /// One recv_from and one send_to per datagram.
+    Simple,
+}
+
+impl std::str::FromStr for UdpIo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gso" => Ok(UdpIo::Gso),
+            "batch" => Ok(UdpIo::Batch),
+            "simple" => Ok(UdpIo::Simple),
+            other => Err(format!(
+                "udp_io must be gso, batch or simple, not {other:?}"
+            )),
+        }
+    }
+}
+
 /// Everything `turnd` needs to run.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -35,6 +63,8 @@ pub struct ServerConfig {
     pub max_tcp_connections: usize,
     /// A TCP connection idle this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// UDP socket calls.
+    pub udp_io: UdpIo,
 }
 
 impl ServerConfig {
@@ -49,6 +79,7 @@ impl ServerConfig {
             workers: 0,
             max_tcp_connections: 1024,
             tcp_idle_timeout: Duration::from_secs(30),
+            udp_io: UdpIo::default(),
         }
     }
 }
@@ -217,6 +248,7 @@ pub fn spawn(mut config: ServerConfig) -> io::Result<RunningServer> {
                     ),
                     stop: stop.clone(),
                     stats: stats.clone(),
+                    io: config.udp_io,
                 };
                 threads.push(
                     std::thread::Builder::new()
