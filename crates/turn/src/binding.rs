@@ -275,7 +275,8 @@ impl Responder {
         let padding_requested = msg.get(attr::PADDING).map(|a| a.value.len());
         let mut to = src;
         if let Some(a) = msg.get(attr::RESPONSE_PORT) {
-            let (Some(hi), Some(lo)) = (a.value.first(), a.value.get(1)) else {
+            // RFC 5780 §7.5: a 16-bit port and 16 bits of padding.
+            let [hi, lo, _, _] = a.value else {
                 return error(out, 400, "Bad Request: RESPONSE-PORT length", &[]);
             };
             if transport == Transport::Tcp {

@@ -63,6 +63,9 @@ pub struct ServerConfig {
     pub max_tcp_connections: usize,
     /// A TCP connection idle this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// A frame whose first byte has arrived must be complete within this time, however the
+    /// bytes trickle in (slowloris).
+    pub tcp_frame_timeout: Duration,
     /// UDP socket calls.
     pub udp_io: UdpIo,
 }
@@ -79,6 +82,7 @@ impl ServerConfig {
             workers: 0,
             max_tcp_connections: 1024,
             tcp_idle_timeout: Duration::from_secs(30),
+            tcp_frame_timeout: Duration::from_secs(5),
             udp_io: UdpIo::default(),
         }
     }
@@ -320,7 +324,10 @@ async fn serve_tcp(
         let stats = stats.clone();
         let permits = permits.clone();
         let limiter = limiter.clone();
-        let idle = cfg.tcp_idle_timeout;
+        let timeouts = TcpTimeouts {
+            idle: cfg.tcp_idle_timeout,
+            frame: cfg.tcp_frame_timeout,
+        };
         tasks.spawn(async move {
             loop {
                 let Ok((stream, peer)) = listener.accept().await else {
@@ -334,7 +341,7 @@ async fn serve_tcp(
                 let stats = stats.clone();
                 let limiter = limiter.clone();
                 tokio::spawn(async move {
-                    let r = tcp_connection(stream, peer, l, &responder, &stats, &limiter, idle);
+                    let r = tcp_connection(stream, peer, l, &responder, &stats, &limiter, timeouts);
                     if let Err(e) = r.await {
                         tracing::debug!(%peer, error = %e, "TCP connection closed");
                     }
@@ -347,6 +354,12 @@ async fn serve_tcp(
     tasks.abort_all();
 }
 
+#[derive(Debug, Clone, Copy)]
+struct TcpTimeouts {
+    idle: Duration,
+    frame: Duration,
+}
+
 /// Largest STUN frame accepted on TCP: a Binding request has no business being bigger.
 const MAX_TCP_FRAME: usize = 4096;
 
@@ -357,20 +370,31 @@ async fn tcp_connection(
     responder: &Responder,
     stats: &Stats,
     limiter: &std::sync::Mutex<RateLimiter>,
-    idle: Duration,
+    timeouts: TcpTimeouts,
 ) -> io::Result<()> {
+    let TcpTimeouts {
+        idle,
+        frame: frame_timeout,
+    } = timeouts;
     let _ = stream.set_nodelay(true);
     let mut buf = vec![0u8; MAX_TCP_FRAME];
     let mut out = vec![0u8; MAX_TCP_FRAME];
     let mut have = 0;
+    // When the partial frame in `buf` began: it must be complete by then + frame_timeout.
+    let mut frame_started: Option<Instant> = None;
     loop {
-        let n = tokio::time::timeout(idle, stream.read(&mut buf[have..]))
+        let wait = match frame_started {
+            Some(t) => frame_timeout.saturating_sub(t.elapsed()).min(idle),
+            None => idle,
+        };
+        let n = tokio::time::timeout(wait, stream.read(&mut buf[have..]))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "idle"))??;
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "idle or incomplete frame"))??;
         if n == 0 {
             return Ok(());
         }
         have += n;
+        frame_started.get_or_insert_with(Instant::now);
         // Process every complete frame in the buffer.
         while let Some(len) = stun::wire::frame_len(&buf[..have]) {
             if len > MAX_TCP_FRAME {
@@ -407,6 +431,8 @@ async fn tcp_connection(
             }
             buf.copy_within(len..have, 0);
             have -= len;
+            // What is left, if anything, is the start of the next frame.
+            frame_started = (have > 0).then(Instant::now);
         }
     }
 }
