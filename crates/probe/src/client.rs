@@ -340,7 +340,7 @@ impl StunSocket {
         mut own: Option<&mut mpsc::Receiver<(Vec<u8>, SocketAddr)>>,
         mut elsewhere: Option<&mut mpsc::Receiver<(Vec<u8>, SocketAddr)>>,
     ) -> io::Result<(Outcome, u32)> {
-        let mut tx = Transaction::new(bytes.to_vec(), dest, cfg)
+        let mut tx = Transaction::new(Instant::now(), bytes.to_vec(), dest, cfg)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         loop {
             let now = Instant::now();

@@ -64,15 +64,24 @@ pub enum CredentialError {
     /// The integrity attribute does not match the key.
     #[error("message integrity check failed")]
     Mismatch,
+    /// The server offered only password algorithms we do not implement.
+    #[error("the server offers no password algorithm we support (MD5, SHA-256)")]
+    NoCommonAlgorithm,
     /// The message is malformed.
     #[error(transparent)]
     Wire(#[from] WireError),
 }
 
-/// A derived HMAC key and how it was made.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A derived HMAC key. Its `Debug` output never shows the key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Key {
     bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key(<{} bytes, redacted>)", self.bytes.len())
+    }
 }
 
 impl Key {
@@ -269,25 +278,33 @@ impl Challenge {
         })
     }
 
-    /// The strongest algorithm both sides support (SHA-256 over MD5).
-    pub fn preferred_algorithm(&self) -> PasswordAlgorithm {
+    /// The strongest algorithm both sides support (SHA-256 over MD5). MD5 when the server
+    /// sent no PASSWORD-ALGORITHMS (RFC 5389 servers); `None` when it offered only algorithms
+    /// we do not know: guessing MD5 then would be a downgrade.
+    pub fn preferred_algorithm(&self) -> Option<PasswordAlgorithm> {
         if self.algorithms.contains(&PasswordAlgorithm::Sha256) {
-            PasswordAlgorithm::Sha256
+            Some(PasswordAlgorithm::Sha256)
+        } else if self.algorithms.contains(&PasswordAlgorithm::Md5) || self.algorithms_raw.is_none()
+        {
+            Some(PasswordAlgorithm::Md5)
         } else {
-            PasswordAlgorithm::Md5
+            None
         }
     }
 
     /// Long-term credentials answering this challenge.
-    pub fn credentials(&self, username: &str, password: &str) -> LongTerm {
-        LongTerm {
+    pub fn credentials(&self, username: &str, password: &str) -> Result<LongTerm, CredentialError> {
+        let algorithm = self
+            .preferred_algorithm()
+            .ok_or(CredentialError::NoCommonAlgorithm)?;
+        Ok(LongTerm {
             username: username.to_owned(),
             password: password.to_owned(),
             realm: self.realm.clone(),
             nonce: self.nonce.clone(),
-            algorithm: self.preferred_algorithm(),
+            algorithm,
             algorithms_raw: self.algorithms_raw.clone(),
-        }
+        })
     }
 }
 
@@ -305,8 +322,8 @@ pub fn error_code<'a>(msg: &Message<'a>) -> Option<(u16, &'a str)> {
     Some((class * 100 + number, reason))
 }
 
-/// Long-term credentials for one realm and nonce (RFC 8489 §9.2).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Long-term credentials for one realm and nonce (RFC 8489 §9.2). `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct LongTerm {
     /// USERNAME.
     pub username: String,
@@ -350,8 +367,20 @@ impl LongTerm {
     }
 }
 
-/// Short-term credentials (RFC 8489 §9.1), as ICE uses them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl std::fmt::Debug for LongTerm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LongTerm")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("realm", &self.realm)
+            .field("nonce", &self.nonce)
+            .field("algorithm", &self.algorithm)
+            .finish()
+    }
+}
+
+/// Short-term credentials (RFC 8489 §9.1), as ICE uses them. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ShortTerm {
     /// USERNAME.
     pub username: String,
@@ -370,5 +399,14 @@ impl ShortTerm {
         w.attribute(attr::USERNAME, self.username.as_bytes())?;
         sign(w, &key, integrity)?;
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for ShortTerm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShortTerm")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
     }
 }

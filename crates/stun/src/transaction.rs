@@ -3,6 +3,7 @@
 //! A [`Transaction`] never reads the clock or touches a socket. Drive it like this:
 //!
 //! ```text
+//! let mut tx = Transaction::new(now, request, destination, config)?;
 //! loop {
 //!     while let Some(bytes) = tx.poll_transmit(now) { send(tx.destination(), bytes) }
 //!     if let Some(outcome) = tx.poll_outcome() { break outcome }
@@ -50,12 +51,15 @@ impl RetransmitConfig {
         rm: 4,
     };
 
-    /// Time from the first send until the transaction gives up.
+    /// Time from the first send until the transaction gives up (saturating: absurd settings
+    /// give a huge duration, never a panic).
     pub fn total_timeout(&self) -> Duration {
         let rc = self.rc.max(1);
         // Sends happen at rto * (2^k - 1) for k in 0..rc; the wait after the last is rm * rto.
-        let last_send = self.rto * (2u32.saturating_pow(rc - 1).saturating_sub(1));
-        last_send + self.rto * self.rm
+        let last_send = self
+            .rto
+            .saturating_mul(2u32.saturating_pow(rc - 1).saturating_sub(1));
+        last_send.saturating_add(self.rto.saturating_mul(self.rm))
     }
 }
 
@@ -116,6 +120,7 @@ pub struct Transaction {
     destination: SocketAddr,
     config: RetransmitConfig,
     started: Option<Instant>,
+    method: u16,
     sends: u32,
     next_send: Option<Instant>,
     deadline: Option<Instant>,
@@ -125,16 +130,21 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    /// A new transaction for an encoded request. The first send is due immediately.
+    /// A new transaction for an encoded request. The first send is due at `now`.
     ///
-    /// Fails if `request` is not a STUN request.
+    /// Fails if `request` is not a well-formed STUN request.
     pub fn new(
+        now: Instant,
         request: Vec<u8>,
         destination: SocketAddr,
         config: RetransmitConfig,
     ) -> Result<Self, WireError> {
         let msg = Message::parse(&request)?;
+        if msg.class() != Class::Request {
+            return Err(WireError::NotStun);
+        }
         let id = msg.transaction_id();
+        let method = msg.method();
         Ok(Transaction {
             id,
             request,
@@ -144,8 +154,9 @@ impl Transaction {
                 ..config
             },
             started: None,
+            method,
             sends: 0,
-            next_send: None,
+            next_send: Some(now),
             deadline: None,
             rto: config.rto,
             outcome: None,
@@ -185,7 +196,10 @@ impl Transaction {
             return Matched::No;
         };
         let class = msg.class();
-        if msg.transaction_id() != self.id || !matches!(class, Class::Success | Class::Error) {
+        if msg.transaction_id() != self.id
+            || msg.method() != self.method
+            || !matches!(class, Class::Success | Class::Error)
+        {
             return Matched::No;
         }
         let rtt = match (self.sends, self.started) {
@@ -229,20 +243,22 @@ impl Transaction {
             (_, Some(t)) => now >= t,
             (_, None) => false,
         };
+        // (The first send is due whenever it is polled: `now` in `new` only feeds
+        // `poll_timeout`.)
         if !due {
             return None;
         }
         if self.sends == 0 {
             self.started = Some(now);
         } else {
-            self.rto *= 2;
+            self.rto = self.rto.saturating_mul(2);
         }
         self.sends += 1;
         if self.sends < self.config.rc {
-            self.next_send = Some(now + self.rto);
+            self.next_send = Some(later(now, self.rto));
         } else {
             self.next_send = None;
-            self.deadline = Some(now + self.config.rto * self.config.rm);
+            self.deadline = Some(later(now, self.config.rto.saturating_mul(self.config.rm)));
         }
         Some(&self.request)
     }
@@ -252,9 +268,6 @@ impl Transaction {
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.outcome.is_some() {
             return None;
-        }
-        if self.sends == 0 {
-            return self.started;
         }
         self.next_send.or(self.deadline)
     }
@@ -269,6 +282,13 @@ impl Transaction {
         self.delivered = true;
         Some(o)
     }
+}
+
+/// `now + d`, or a point so far ahead it never comes when that overflows `Instant`.
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(now)
 }
 
 /// A fresh random transaction ID.
@@ -300,7 +320,7 @@ mod tests {
     fn schedule(cfg: RetransmitConfig) -> (Vec<Duration>, Duration) {
         let t0 = Instant::now();
         let dst = "192.0.2.1:3478".parse().unwrap();
-        let mut tx = Transaction::new(request([1; 12]), dst, cfg).unwrap();
+        let mut tx = Transaction::new(t0, request([1; 12]), dst, cfg).unwrap();
         let mut now = t0;
         let mut sends = vec![];
         for _ in 0..100 {
@@ -356,7 +376,8 @@ mod tests {
         let t0 = Instant::now();
         let dst: SocketAddr = "192.0.2.1:3478".parse().unwrap();
         let other: SocketAddr = "192.0.2.2:3479".parse().unwrap();
-        let mut tx = Transaction::new(request([9; 12]), dst, RetransmitConfig::DIAGNOSTIC).unwrap();
+        let mut tx =
+            Transaction::new(t0, request([9; 12]), dst, RetransmitConfig::DIAGNOSTIC).unwrap();
         assert!(tx.poll_transmit(t0).is_some());
         let t1 = t0 + Duration::from_millis(30);
         // Wrong ID, a request with the right ID, garbage: none match.
@@ -393,7 +414,8 @@ mod tests {
     fn no_rtt_after_retransmission_karn() {
         let t0 = Instant::now();
         let dst: SocketAddr = "192.0.2.1:3478".parse().unwrap();
-        let mut tx = Transaction::new(request([3; 12]), dst, RetransmitConfig::DIAGNOSTIC).unwrap();
+        let mut tx =
+            Transaction::new(t0, request([3; 12]), dst, RetransmitConfig::DIAGNOSTIC).unwrap();
         assert!(tx.poll_transmit(t0).is_some());
         let t = tx.poll_timeout().unwrap();
         assert_eq!(t - t0, Duration::from_millis(100));
@@ -413,8 +435,64 @@ mod tests {
     }
 
     #[test]
+    fn first_send_is_due_at_creation() {
+        // A driver that sleeps until poll_timeout before polling transmits must not stall.
+        let t0 = Instant::now();
+        let dst = "192.0.2.1:3478".parse().unwrap();
+        let mut tx =
+            Transaction::new(t0, request([2; 12]), dst, RetransmitConfig::RFC8489).unwrap();
+        assert_eq!(tx.poll_timeout(), Some(t0));
+        assert!(tx.poll_transmit(t0).is_some());
+        assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn response_of_another_method_does_not_match() {
+        let t0 = Instant::now();
+        let dst = "192.0.2.1:3478".parse().unwrap();
+        let mut tx =
+            Transaction::new(t0, request([4; 12]), dst, RetransmitConfig::DIAGNOSTIC).unwrap();
+        assert!(tx.poll_transmit(t0).is_some());
+        let mut buf = [0u8; 64];
+        // An Allocate (0x003) success with the same transaction ID.
+        let w =
+            MessageWriter::new(&mut buf, message_type(0x003, Class::Success), &[4; 12]).unwrap();
+        let n = w.finish();
+        assert_eq!(tx.handle_response(t0, dst, &buf[..n]), Matched::No);
+    }
+
+    #[test]
+    fn absurd_settings_saturate_instead_of_panicking() {
+        let cfg = RetransmitConfig {
+            rto: Duration::from_millis(u64::MAX),
+            rc: u32::MAX,
+            rm: u32::MAX,
+        };
+        let _ = cfg.total_timeout();
+        let t0 = Instant::now();
+        let dst = "192.0.2.1:3478".parse().unwrap();
+        let mut tx = Transaction::new(t0, request([5; 12]), dst, cfg).unwrap();
+        for _ in 0..100 {
+            let _ = tx.poll_transmit(t0);
+            let t = tx.poll_timeout().unwrap();
+            let _ = tx.poll_transmit(t);
+            tx.handle_timeout(t);
+        }
+        let rc1 = RetransmitConfig { rc: 1, ..cfg };
+        let mut tx = Transaction::new(t0, request([6; 12]), dst, rc1).unwrap();
+        assert!(tx.poll_transmit(t0).is_some());
+        assert!(tx.poll_timeout().is_some());
+    }
+
+    #[test]
     fn rejects_non_stun_request() {
         let dst = "192.0.2.1:3478".parse().unwrap();
-        assert!(Transaction::new(vec![1, 2, 3], dst, RetransmitConfig::default()).is_err());
+        let now = Instant::now();
+        assert!(Transaction::new(now, vec![1, 2, 3], dst, RetransmitConfig::default()).is_err());
+        // A response or an indication is not a request.
+        for class in [Class::Success, Class::Error, Class::Indication] {
+            let r = response([1; 12], class);
+            assert!(Transaction::new(now, r, dst, RetransmitConfig::default()).is_err());
+        }
     }
 }

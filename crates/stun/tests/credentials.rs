@@ -95,7 +95,7 @@ fn long_term_challenge_prefers_sha256_and_echoes_algorithms() {
         c.algorithms,
         [PasswordAlgorithm::Md5, PasswordAlgorithm::Sha256]
     );
-    let creds: LongTerm = c.credentials("user", "pass");
+    let creds: LongTerm = c.credentials("user", "pass").unwrap();
     assert_eq!(creds.algorithm, PasswordAlgorithm::Sha256);
 
     let mut buf = [0u8; 512];
@@ -114,7 +114,7 @@ fn long_term_challenge_prefers_sha256_and_echoes_algorithms() {
 fn long_term_challenge_without_algorithms_uses_md5() {
     let bytes = challenge(None);
     let c = Challenge::from_message(&Message::parse(&bytes).unwrap()).unwrap();
-    let creds = c.credentials("user", "pass");
+    let creds = c.credentials("user", "pass").unwrap();
     assert_eq!(creds.algorithm, PasswordAlgorithm::Md5);
     let mut buf = [0u8; 512];
     let mut w =
@@ -142,4 +142,30 @@ fn a_success_response_is_no_challenge() {
     let w = MessageWriter::new(&mut buf, message_type(BINDING, Class::Success), &[0; 12]).unwrap();
     let n = w.finish();
     assert!(Challenge::from_message(&Message::parse(&buf[..n]).unwrap()).is_none());
+}
+
+#[test]
+fn only_unknown_algorithms_is_refused_not_downgraded_to_md5() {
+    // PASSWORD-ALGORITHMS with a single unassigned algorithm 0x0009.
+    let bytes = challenge(Some(&[0, 9, 0, 0]));
+    let c = Challenge::from_message(&Message::parse(&bytes).unwrap()).unwrap();
+    assert_eq!(c.preferred_algorithm(), None);
+    assert_eq!(
+        c.credentials("user", "pass").unwrap_err(),
+        CredentialError::NoCommonAlgorithm
+    );
+}
+
+#[test]
+fn debug_output_never_shows_secrets() {
+    let key = Key::short_term("hunter2-secret").unwrap();
+    assert!(!format!("{key:?}").contains("hunter2"));
+    let st = ShortTerm {
+        username: "u".into(),
+        password: "hunter2-secret".into(),
+    };
+    assert!(!format!("{st:?}").contains("hunter2"));
+    let c = Challenge::from_message(&Message::parse(&challenge(None)).unwrap()).unwrap();
+    let lt = c.credentials("u", "hunter2-secret").unwrap();
+    assert!(!format!("{lt:?}").contains("hunter2"));
 }
