@@ -76,9 +76,42 @@ pub enum ServerCheck {
     },
     /// The alternate address did not answer the mapping tests.
     AlternateUnreachable,
+    /// A mapping test was answered from another address than the one it was sent to.
+    WrongSource {
+        /// The test.
+        test: String,
+        /// Where it was sent.
+        expected: SocketAddr,
+        /// Where the answer came from.
+        actual: SocketAddr,
+    },
+    /// RESPONSE-ORIGIN names another address than the answer came from: the server is
+    /// misconfigured or sits behind a NAT itself, and its addresses cannot be trusted.
+    ResponseOriginMismatch {
+        /// The test.
+        test: String,
+        /// What RESPONSE-ORIGIN said.
+        claimed: SocketAddr,
+        /// Where the answer came from.
+        actual: SocketAddr,
+    },
 }
 
 impl ServerCheck {
+    /// The `status` word of the JSON form.
+    pub fn status(&self) -> &'static str {
+        match self {
+            ServerCheck::Suitable => "suitable",
+            ServerCheck::NoOtherAddress => "no-other-address",
+            ServerCheck::OtherAddressNotDistinct { .. } => "other-address-not-distinct",
+            ServerCheck::ChangeRequestIgnored { .. } => "change-request-ignored",
+            ServerCheck::ChangeRequestRefused { .. } => "change-request-refused",
+            ServerCheck::AlternateUnreachable => "alternate-unreachable",
+            ServerCheck::WrongSource { .. } => "wrong-source",
+            ServerCheck::ResponseOriginMismatch { .. } => "response-origin-mismatch",
+        }
+    }
+
     /// Usable for filtering and lifetime tests.
     pub fn is_suitable(&self) -> bool {
         matches!(self, ServerCheck::Suitable)
@@ -120,6 +153,8 @@ pub struct Observations {
     pub cross: Vec<(SocketAddr, Option<SocketAddr>)>,
     /// Whether any response showed MAPPED-ADDRESS != XOR-MAPPED-ADDRESS.
     pub alg: bool,
+    /// Some server answered at all, even if only with an error response.
+    pub responded: bool,
 }
 
 /// The verdict.
@@ -147,6 +182,22 @@ pub struct Classification {
 pub fn classify(o: &Observations) -> Classification {
     let mut notes = vec![];
     let any_answer = o.mapped_i.is_some() || o.cross.iter().any(|(_, m)| m.is_some());
+    if !any_answer && o.responded {
+        return Classification {
+            udp_blocked: false,
+            nat: None,
+            mapping: Behaviour::Unknown,
+            mapping_certainty: Certainty::None,
+            filtering: Behaviour::Unknown,
+            filtering_certainty: Certainty::None,
+            legacy: "unknown",
+            notes: vec![
+                "servers answered, but only with error responses: no mapped address to work \
+                 with (see each server's error)"
+                    .into(),
+            ],
+        };
+    }
     if !any_answer {
         return Classification {
             udp_blocked: true,
@@ -177,6 +228,7 @@ pub fn classify(o: &Observations) -> Classification {
             ServerCheck::Suitable
                 | ServerCheck::ChangeRequestIgnored { .. }
                 | ServerCheck::ChangeRequestRefused { .. }
+                | ServerCheck::ResponseOriginMismatch { .. }
         )
     );
 
@@ -345,7 +397,143 @@ fn server_note(s: &ServerCheck) -> String {
              the path to it is blocked; results from it are not trusted"
                 .into()
         }
+        ServerCheck::WrongSource {
+            test,
+            expected,
+            actual,
+        } => format!(
+            "{test} was sent to {expected} but answered from {actual}: unsuitable, mapping and \
+             filtering not classified from this server"
+        ),
+        ServerCheck::ResponseOriginMismatch {
+            test,
+            claimed,
+            actual,
+        } => format!(
+            "{test}: RESPONSE-ORIGIN says {claimed} but the answer came from {actual} (the \
+             server is misconfigured or behind a NAT): unsuitable for filtering"
+        ),
     }
+}
+
+/// How a test was answered, as far as judging the server goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Answer {
+    /// `None`: no answer. `Some(None)`: success. `Some(Some(code))`: error response.
+    pub reply: Option<Option<u16>>,
+    /// Where the answer came from.
+    pub from: Option<SocketAddr>,
+    /// RESPONSE-ORIGIN, if sent.
+    pub origin: Option<SocketAddr>,
+}
+
+impl Answer {
+    /// A success response from `from` with RESPONSE-ORIGIN `origin`.
+    pub fn success(from: SocketAddr, origin: Option<SocketAddr>) -> Answer {
+        Answer {
+            reply: Some(None),
+            from: Some(from),
+            origin,
+        }
+    }
+
+    fn succeeded(&self) -> bool {
+        self.reply == Some(None)
+    }
+}
+
+/// Everything needed to decide whether an RFC 5780 server can be trusted (§4.2: the client
+/// must check the server before believing the tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerEvidence {
+    /// Primary IP, alternate port.
+    pub a1p2: SocketAddr,
+    /// Alternate IP, primary port.
+    pub a2p1: SocketAddr,
+    /// Alternate IP and port (OTHER-ADDRESS).
+    pub a2p2: SocketAddr,
+    /// Mapping test II, sent to A2:P1.
+    pub mapping_ii: Answer,
+    /// Mapping test III, sent to A2:P2.
+    pub mapping_iii: Answer,
+    /// CHANGE-REQUEST (IP and port) from the mapping socket after it talked to A2:P2.
+    pub verify: Answer,
+    /// Filtering test II (change IP and port), fresh socket.
+    pub filter_ii: Answer,
+    /// Filtering test III (change port), fresh socket.
+    pub filter_iii: Answer,
+}
+
+/// Judge the server from the answers: the first failure, in order of how much it invalidates,
+/// decides; notes explain what could not be confirmed.
+pub fn judge_server(e: &ServerEvidence) -> (ServerCheck, Vec<String>) {
+    let mut notes = vec![];
+    if e.mapping_ii.reply.is_none() && e.mapping_iii.reply.is_none() {
+        return (ServerCheck::AlternateUnreachable, notes);
+    }
+    for (test, a, sent_to) in [
+        ("mapping-II", &e.mapping_ii, e.a2p1),
+        ("mapping-III", &e.mapping_iii, e.a2p2),
+    ] {
+        if let Some(from) = a.from.filter(|f| a.reply.is_some() && *f != sent_to) {
+            return (
+                ServerCheck::WrongSource {
+                    test: test.into(),
+                    expected: sent_to,
+                    actual: from,
+                },
+                notes,
+            );
+        }
+    }
+    let changed = [
+        (&e.verify, e.a2p2),
+        (&e.filter_ii, e.a2p2),
+        (&e.filter_iii, e.a1p2),
+    ];
+    for (a, expected) in changed {
+        if let (true, Some(from)) = (a.succeeded(), a.from) {
+            if from != expected {
+                let check = ServerCheck::ChangeRequestIgnored {
+                    expected,
+                    actual: from,
+                };
+                return (check, notes);
+            }
+        }
+    }
+    for (a, _) in changed {
+        if let Some(Some(code)) = a.reply {
+            return (ServerCheck::ChangeRequestRefused { code }, notes);
+        }
+    }
+    let all = [
+        ("mapping-II", &e.mapping_ii),
+        ("mapping-III", &e.mapping_iii),
+        ("server-check", &e.verify),
+        ("filtering-II", &e.filter_ii),
+        ("filtering-III", &e.filter_iii),
+    ];
+    for (test, a) in all {
+        if let (Some(claimed), Some(actual)) = (a.origin, a.from) {
+            if claimed != actual {
+                let check = ServerCheck::ResponseOriginMismatch {
+                    test: test.into(),
+                    claimed,
+                    actual,
+                };
+                return (check, notes);
+            }
+        }
+    }
+    if e.verify.reply.is_none() {
+        notes.push(
+            "could not confirm that the server honours CHANGE-REQUEST (the check from the \
+             mapping socket got no answer); filtering results assume it does"
+                .into(),
+        );
+    }
+    (ServerCheck::Suitable, notes)
 }
 
 /// RFC 3489 vocabulary, derived (RFC 4787 §3 explains why it is imprecise).
@@ -380,6 +568,7 @@ mod tests {
 
     fn base() -> Observations {
         Observations {
+            responded: true,
             local: Some(a(LOCAL)),
             primary: Some(a("192.0.2.1:3478")),
             mapped_i: Some(a(M1)),
@@ -659,6 +848,125 @@ mod tests {
         );
         assert!(c.notes.iter().any(|n| n.contains("inconsistent")));
         assert!(c.notes.iter().any(|n| n.contains("paired pooling")));
+    }
+
+    #[test]
+    fn error_responses_only_are_not_udp_blocked() {
+        let o = Observations {
+            local: Some(a(LOCAL)),
+            responded: true,
+            cross: vec![(a("192.0.2.9:3478"), None)],
+            ..Default::default()
+        };
+        let c = classify(&o);
+        assert!(!c.udp_blocked);
+        assert_eq!(c.legacy, "unknown");
+        assert!(c.notes.iter().any(|n| n.contains("error responses")));
+    }
+
+    const A1P1: &str = "192.0.2.1:3478";
+    const A1P2: &str = "192.0.2.1:3479";
+    const A2P1: &str = "192.0.2.2:3478";
+    const A2P2: &str = "192.0.2.2:3479";
+
+    fn honest() -> ServerEvidence {
+        let ok = |at: &str| Answer::success(a(at), Some(a(at)));
+        ServerEvidence {
+            a1p2: a(A1P2),
+            a2p1: a(A2P1),
+            a2p2: a(A2P2),
+            mapping_ii: ok(A2P1),
+            mapping_iii: ok(A2P2),
+            verify: ok(A2P2),
+            filter_ii: ok(A2P2),
+            filter_iii: ok(A1P2),
+        }
+    }
+
+    /// RFC 5780 §4.2 server checks: each way a server can fail, one at a time.
+    #[test]
+    fn judging_the_server() {
+        let none = Answer::default();
+        let from = |at: &str| Answer::success(a(at), Some(a(at)));
+        let cases: Vec<(&str, ServerEvidence, &str)> = vec![
+            ("honest", honest(), "suitable"),
+            (
+                "filtered changed answers are not the server's fault",
+                ServerEvidence {
+                    filter_ii: none,
+                    filter_iii: none,
+                    ..honest()
+                },
+                "suitable",
+            ),
+            (
+                "alternate silent",
+                ServerEvidence {
+                    mapping_ii: none,
+                    mapping_iii: none,
+                    ..honest()
+                },
+                "alternate-unreachable",
+            ),
+            (
+                "mapping II answered from the primary",
+                ServerEvidence {
+                    mapping_ii: from(A1P1),
+                    ..honest()
+                },
+                "wrong-source",
+            ),
+            (
+                "CHANGE-REQUEST ignored (verify)",
+                ServerEvidence {
+                    verify: from(A1P1),
+                    filter_ii: none,
+                    filter_iii: none,
+                    ..honest()
+                },
+                "change-request-ignored",
+            ),
+            (
+                "CHANGE-REQUEST ignored (filtering III)",
+                ServerEvidence {
+                    filter_iii: from(A1P1),
+                    ..honest()
+                },
+                "change-request-ignored",
+            ),
+            (
+                "CHANGE-REQUEST refused",
+                ServerEvidence {
+                    verify: Answer {
+                        reply: Some(Some(420)),
+                        from: Some(a(A1P1)),
+                        origin: None,
+                    },
+                    ..honest()
+                },
+                "change-request-refused",
+            ),
+            (
+                "RESPONSE-ORIGIN lies",
+                ServerEvidence {
+                    filter_ii: Answer::success(a(A2P2), Some(a("10.0.0.2:3479"))),
+                    ..honest()
+                },
+                "response-origin-mismatch",
+            ),
+        ];
+        for (name, e, want) in cases {
+            let (check, _) = judge_server(&e);
+            assert_eq!(check.status(), want, "{name}: {check:?}");
+            // The JSON form carries the same word.
+            let json = serde_json::to_value(&check).unwrap();
+            assert_eq!(json["status"], want, "{name}");
+        }
+        let (_, notes) = judge_server(&ServerEvidence {
+            verify: Answer::default(),
+            ..honest()
+        });
+        assert!(notes.iter().any(|n| n.contains("could not confirm")));
     }
 
     #[test]

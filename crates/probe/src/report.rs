@@ -63,8 +63,12 @@ pub struct Report {
     pub hairpinning: Option<bool>,
     /// The NAT kept the local port.
     pub port_preservation: Option<bool>,
-    /// Binding lifetime in seconds (null unless `--lifetime`).
+    /// Binding lifetime in seconds: the longest wait the mapping survived (null unless
+    /// `--lifetime`). A lower bound when `binding_lifetime_expired_s` is null.
     pub binding_lifetime_s: Option<f64>,
+    /// The shortest wait after which the mapping had expired (null: it never expired within
+    /// `--lifetime-max`, or not measured).
+    pub binding_lifetime_expired_s: Option<f64>,
     /// MAPPED-ADDRESS differed from XOR-MAPPED-ADDRESS.
     pub alg_detected: bool,
     /// RFC 3489 name, derived.
@@ -83,10 +87,22 @@ pub struct Report {
     pub elapsed_ms: u64,
 }
 
+impl ServerReport {
+    /// The server answered test I, but with an error response.
+    pub fn answered_with_error(&self) -> bool {
+        self.error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(ANSWERED_WITH_ERROR))
+    }
+}
+
+/// Start of [`ServerReport::error`] for a server that sent an error response.
+pub(crate) const ANSWERED_WITH_ERROR: &str = "answered test I with error";
+
 impl Report {
-    /// At least one server answered: the result means something.
+    /// Some server told us our mapped address: the result means something.
     pub fn usable(&self) -> bool {
-        !self.udp_blocked
+        self.mapped.is_some()
     }
 }
 

@@ -226,34 +226,57 @@ pub(crate) struct Survey {
     pub(crate) cross: Vec<(SocketAddr, Option<SocketAddr>)>,
     /// Some answer showed MAPPED-ADDRESS != XOR-MAPPED-ADDRESS.
     pub(crate) alg: bool,
+    /// Some server answered at all (success or error).
+    pub(crate) responded: bool,
 }
 
-/// Record test I answers per server and choose the primary.
+/// Record what server `i` said to test I (in `p.servers`), with a note when its
+/// RESPONSE-ORIGIN contradicts where the answer came from.
+pub(crate) fn record_server(
+    p: &mut Prepared,
+    i: usize,
+    obs: &Observation,
+    notes: &mut Vec<String>,
+) {
+    let Some(s) = p.servers.get_mut(i) else {
+        return;
+    };
+    s.answered = obs.answered();
+    s.mapped = obs.mapped.map(|m| m.to_string());
+    s.software = obs.software.clone();
+    s.rfc5780 = obs.other_address.is_some();
+    s.error = match obs.outcome {
+        "error-response" => Some(format!(
+            "{} {}",
+            crate::report::ANSWERED_WITH_ERROR,
+            obs.error_code.unwrap_or(0)
+        )),
+        "timeout" => Some(format!("no answer to {} requests", obs.sends)),
+        _ => obs.detail.clone(),
+    };
+    if let (Some(origin), Some(from)) = (obs.response_origin, obs.from) {
+        if origin != from {
+            notes.push(format!(
+                "{}: RESPONSE-ORIGIN says {origin} but the answer came from {from} (the server \
+                 is misconfigured or behind a NAT itself)",
+                s.name
+            ));
+        }
+    }
+}
+
+/// Record test I answers per server and choose the primary: the first RFC 5780 server that
+/// answered, in the user's order; else the first that answered at all.
 pub(crate) fn survey(p: &mut Prepared, test_i: &[Observation], notes: &mut Vec<String>) -> Survey {
     let mut primary: Option<(usize, SocketAddr, Observation)> = None;
     let mut cross = vec![];
     let mut alg = false;
-    for ((i, a), obs) in p.targets.iter().zip(test_i) {
-        let s = &mut p.servers[*i];
-        s.answered = obs.answered();
-        s.mapped = obs.mapped.map(|m| m.to_string());
-        s.software = obs.software.clone();
-        s.rfc5780 = obs.other_address.is_some();
-        if obs.outcome == "error-response" {
-            s.error = Some(format!("answered test I with error {:?}", obs.error_code));
-        } else if obs.detail.is_some() {
-            s.error = obs.detail.clone();
-        }
+    let mut responded = false;
+    let targets = p.targets.clone();
+    for ((i, a), obs) in targets.iter().zip(test_i) {
+        record_server(p, *i, obs, notes);
         alg |= obs.alg();
-        if let (Some(origin), Some(from)) = (obs.response_origin, obs.from) {
-            if origin != from {
-                notes.push(format!(
-                    "{}: RESPONSE-ORIGIN says {origin} but the answer came from {from} (the \
-                     server is misconfigured or behind a NAT itself)",
-                    s.name
-                ));
-            }
-        }
+        responded |= matches!(obs.outcome, "response" | "error-response");
         if primary.is_none() && obs.answered() && obs.other_address.is_some() {
             primary = Some((*i, *a, obs.clone()));
         } else {
@@ -261,10 +284,9 @@ pub(crate) fn survey(p: &mut Prepared, test_i: &[Observation], notes: &mut Vec<S
         }
     }
     if primary.is_none() {
-        // No RFC 5780 server: the first server that answered anchors the comparison.
         if let Some(pos) = cross.iter().position(|(_, m)| m.is_some()) {
             let (a, _) = cross.remove(pos);
-            let found = p.targets.iter().zip(test_i).find(|((_, x), _)| *x == a);
+            let found = targets.iter().zip(test_i).find(|((_, x), _)| *x == a);
             if let Some(((i, _), obs)) = found {
                 primary = Some((*i, a, obs.clone()));
             }
@@ -274,6 +296,7 @@ pub(crate) fn survey(p: &mut Prepared, test_i: &[Observation], notes: &mut Vec<S
         primary,
         cross,
         alg,
+        responded,
     }
 }
 
@@ -296,7 +319,8 @@ pub(crate) struct Findings {
     pub(crate) local: SocketAddr,
     pub(crate) obs: Observations,
     pub(crate) hairpinning: Option<bool>,
-    pub(crate) lifetime: Option<f64>,
+    /// (longest wait the mapping survived, shortest after which it had expired).
+    pub(crate) lifetime: (Option<f64>, Option<f64>),
     pub(crate) tests: Vec<Observation>,
     pub(crate) notes: Vec<String>,
 }
@@ -306,6 +330,14 @@ pub(crate) fn finish(p: Prepared, f: Findings) -> Report {
     let c = classify::classify(&f.obs);
     let mut notes = f.notes;
     notes.extend(c.notes.iter().cloned());
+    // Over TCP "nothing answered" says nothing about UDP.
+    let tcp_blocked = f.transport == "tcp" && c.udp_blocked;
+    if tcp_blocked {
+        notes.retain(|n| !n.contains("UDP is blocked"));
+        notes.push(
+            "no server answered over TCP: TCP to these servers is blocked, or they are down".into(),
+        );
+    }
     let port_preservation = match (c.nat, f.obs.mapped_i) {
         (Some(true), Some(m)) => Some(m.port() == f.local.port()),
         _ => None,
@@ -317,15 +349,16 @@ pub(crate) fn finish(p: Prepared, f: Findings) -> Report {
         mapped: f.obs.mapped_i.map(|a| a.to_string()),
         transport: f.transport,
         nat: c.nat,
-        udp_blocked: c.udp_blocked,
+        udp_blocked: c.udp_blocked && !tcp_blocked,
         rfc5780: f.obs.server.as_ref().is_some_and(ServerCheck::is_suitable),
         mapping: c.mapping.as_str(),
         filtering: c.filtering.as_str(),
         hairpinning: f.hairpinning,
         port_preservation,
-        binding_lifetime_s: f.lifetime,
+        binding_lifetime_s: f.lifetime.0,
+        binding_lifetime_expired_s: f.lifetime.1,
         alg_detected: f.obs.alg,
-        legacy: c.legacy,
+        legacy: if tcp_blocked { "tcp-blocked" } else { c.legacy },
         certainty: Certainties {
             mapping: c.mapping_certainty,
             filtering: c.filtering_certainty,

@@ -37,6 +37,7 @@ pub(crate) async fn run(cfg: &ProbeConfig, mut p: Prepared) -> Result<Report, Pr
         local: Some(local),
         cross: s.cross,
         alg: s.alg,
+        responded: s.responded,
         ..Default::default()
     };
     if let Some((_, paddr, first)) = s.primary {
@@ -64,7 +65,7 @@ pub(crate) async fn run(cfg: &ProbeConfig, mut p: Prepared) -> Result<Report, Pr
         local,
         obs,
         hairpinning: None,
-        lifetime: None,
+        lifetime: (None, None),
         tests,
         notes,
     };

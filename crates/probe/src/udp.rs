@@ -1,17 +1,23 @@
 //! The UDP plan (RFC 5780 §4.3-§4.6). See [`crate::run`] for the sockets and why filtering
 //! has one of its own.
+//!
+//! Test I goes to every server at once. The RFC 5780 tests start as soon as the first server
+//! with a usable OTHER-ADDRESS answers (no waiting for slow or silent ones); the other answers
+//! are collected meanwhile for the cross-check. If that server then proves unsuitable, the next
+//! candidate gets its turn.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use stun::rfc5780::BindingRequest;
+use tokio::task::JoinSet;
 
-use crate::classify::{FilterOutcome, Observations, ServerCheck};
+use crate::classify::{
+    Answer, FilterOutcome, Observations, ServerCheck, ServerEvidence, judge_server,
+};
 use crate::client::{Observation, StunSocket};
 use crate::report::Report;
-use crate::run::{
-    Findings, Prepared, ProbeConfig, ProbeError, check_other_address, finish, futures_join_all,
-    survey,
-};
+use crate::run::{Findings, Prepared, ProbeConfig, ProbeError, check_other_address, finish};
 
 pub(crate) async fn run(cfg: &ProbeConfig, mut p: Prepared) -> Result<Report, ProbeError> {
     let rt = cfg.retransmit;
@@ -19,50 +25,155 @@ pub(crate) async fn run(cfg: &ProbeConfig, mut p: Prepared) -> Result<Report, Pr
     let plain = BindingRequest::default();
     let mut notes = vec![];
 
-    // Test I to every server at once, from M.
-    let test_i = futures_join_all(p.targets.iter().map(|(i, a)| {
+    let mut pending = JoinSet::new();
+    for (slot, (i, a)) in p.targets.iter().enumerate() {
         let name = format!("mapping-I {}", cfg.servers[*i]);
         let (m, pacer, plain, a) = (m.clone(), p.pacer.clone(), plain.clone(), *a);
-        async move { m.transact(&name, a, &plain, rt, &pacer).await }
-    }))
-    .await;
-    let s = survey(&mut p, &test_i, &mut notes);
-    let mut tests = test_i;
-    let mut obs = Observations {
-        local: Some(m.local_addr()),
-        cross: s.cross,
-        alg: s.alg,
-        ..Default::default()
-    };
-    let mut hairpinning = None;
-    let mut lifetime = None;
+        pending.spawn(async move { (slot, m.transact(&name, a, &plain, rt, &pacer).await) });
+    }
+    // Test I results by target slot, and the order they arrived in.
+    let mut test_i: HashMap<usize, Observation> = HashMap::new();
+    let mut arrival: Vec<usize> = vec![];
+    let mut tried: Vec<usize> = vec![];
+    let mut chosen: Option<(usize, Rfc5780Tests)> = None;
+    let mut hairpin: Option<Observation> = None;
+    let mut extra_tests = vec![];
 
-    if let Some((pi, paddr, first)) = s.primary {
-        obs.primary = Some(paddr);
-        obs.mapped_i = first.mapped;
-        let check = check_other_address(paddr, first.other_address);
-        obs.server = Some(check.clone());
-        match (check, first.other_address, first.mapped) {
-            (ServerCheck::Suitable, Some(other), Some(mapped_i)) => {
-                let t = rfc5780_tests(cfg, &p, &m, paddr, other, mapped_i, &mut obs, &mut notes)
-                    .await?;
-                hairpinning = t.hairpinning;
-                tests.extend(t.tests);
-                if cfg.lifetime {
-                    let (l, mut t, note) =
-                        crate::lifetime::measure(cfg, paddr, p.bind, &p.pacer).await?;
-                    lifetime = l;
-                    tests.append(&mut t);
-                    notes.push(note);
+    loop {
+        let candidate = arrival.iter().copied().find(|slot| {
+            !tried.contains(slot)
+                && test_i.get(slot).is_some_and(|o| {
+                    o.answered()
+                        && check_other_address(o.destination, o.other_address)
+                            == ServerCheck::Suitable
+                })
+        });
+        let Some(slot) = candidate else {
+            match pending.join_next().await {
+                Some(Ok((slot, obs))) => {
+                    test_i.insert(slot, obs);
+                    arrival.push(slot);
+                    continue;
                 }
+                Some(Err(e)) => return Err(ProbeError::Io(std::io::Error::other(e))),
+                None => break,
             }
-            _ if cfg.lifetime => notes.push(format!(
-                "--lifetime needs an RFC 5780 server (RESPONSE-PORT); {} is not usable for it",
-                p.servers[pi].name
-            )),
-            _ => {}
+        };
+        tried.push(slot);
+        let first = test_i[&slot].clone();
+        let (Some(mapped_i), Some(other)) = (first.mapped, first.other_address) else {
+            continue;
+        };
+        let nat = mapped_i != m.local_addr();
+        let run_hairpin = nat && hairpin.is_none();
+        let (tests, hp, ()) = tokio::join!(
+            rfc5780_tests(cfg, &p, &m, first.destination, other, mapped_i),
+            async {
+                if run_hairpin {
+                    Some(hairpinning(cfg, &p, &m, mapped_i).await)
+                } else {
+                    None
+                }
+            },
+            // Meanwhile, the other servers' answers to test I.
+            async {
+                while let Some(r) = pending.join_next().await {
+                    if let Ok((slot, obs)) = r {
+                        test_i.insert(slot, obs);
+                        arrival.push(slot);
+                    }
+                }
+            },
+        );
+        if let Some(h) = hp {
+            hairpin = Some(h?);
+        }
+        let tests = tests?;
+        if tests.server == ServerCheck::Suitable {
+            if let Some((_, earlier)) = chosen.take() {
+                extra_tests.extend(earlier.tests);
+            }
+            chosen = Some((slot, tests));
+            break;
+        }
+        notes.push(format!(
+            "{} is unsuitable for RFC 5780 tests ({}); trying the next server, if any",
+            cfg.servers[p.targets[slot].0],
+            tests.server.status()
+        ));
+        if chosen.is_none() {
+            chosen = Some((slot, tests));
+        } else {
+            extra_tests.extend(tests.tests);
         }
     }
+
+    // Record every server's test I, in the user's order.
+    let mut all_i: Vec<(usize, Observation)> = test_i.into_iter().collect();
+    all_i.sort_by_key(|(slot, _)| *slot);
+    let mut responded = false;
+    let mut alg = false;
+    for (slot, obs) in &all_i {
+        let server = p.targets[*slot].0;
+        crate::run::record_server(&mut p, server, obs, &mut notes);
+        responded |= matches!(obs.outcome, "response" | "error-response");
+        alg |= obs.alg();
+    }
+    // The primary: the RFC 5780 server used, else the first server that answered at all.
+    let primary_slot = chosen
+        .as_ref()
+        .map(|(slot, _)| *slot)
+        .or_else(|| all_i.iter().find(|(_, o)| o.answered()).map(|(s, _)| *s));
+    let mut obs = Observations {
+        local: Some(m.local_addr()),
+        responded,
+        alg,
+        ..Default::default()
+    };
+    for (slot, o) in &all_i {
+        if Some(*slot) == primary_slot {
+            obs.primary = Some(o.destination);
+            obs.mapped_i = o.mapped;
+            obs.server = Some(check_other_address(o.destination, o.other_address));
+        } else {
+            obs.cross.push((o.destination, o.mapped));
+        }
+    }
+    // Without an RFC 5780 server, hairpinning still only needs test I's mapped address.
+    if let (None, Some(mapped_i)) = (&hairpin, obs.mapped_i) {
+        if mapped_i != m.local_addr() {
+            hairpin = Some(hairpinning(cfg, &p, &m, mapped_i).await?);
+        }
+    }
+
+    let mut tests: Vec<Observation> = all_i.into_iter().map(|(_, o)| o).collect();
+    let mut lifetime = (None, None);
+    if let Some((slot, t)) = chosen {
+        let paddr = p.targets[slot].1;
+        obs.mapped_ii = t.mapped_ii;
+        obs.mapped_iii = t.mapped_iii;
+        obs.filter_ii = Some(t.filter_ii);
+        obs.filter_iii = Some(t.filter_iii);
+        obs.alg |= t.alg;
+        obs.server = Some(t.server.clone());
+        notes.extend(t.notes);
+        tests.extend(t.tests);
+        tests.append(&mut extra_tests);
+        if cfg.lifetime {
+            if t.server == ServerCheck::Suitable {
+                let l = crate::lifetime::measure(cfg, paddr, p.bind, &p.pacer).await?;
+                lifetime = (l.alive_s, l.expired_s);
+                tests.extend(l.tests);
+                notes.push(l.note);
+            } else {
+                notes.push("--lifetime needs a suitable RFC 5780 server: not measured".into());
+            }
+        }
+    } else if cfg.lifetime {
+        notes.push("--lifetime needs an RFC 5780 server (RESPONSE-PORT): not measured".into());
+    }
+    let hairpinning = hairpin.as_ref().map(|t| t.outcome == "delivered");
+    tests.extend(hairpin);
     let findings = Findings {
         transport: "udp",
         local: m.local_addr(),
@@ -75,14 +186,47 @@ pub(crate) async fn run(cfg: &ProbeConfig, mut p: Prepared) -> Result<Report, Pr
     Ok(finish(p, findings))
 }
 
+/// RFC 5780 §4.5: a second socket sends to the first one's mapped address.
+async fn hairpinning(
+    cfg: &ProbeConfig,
+    p: &Prepared,
+    m: &StunSocket,
+    mapped: SocketAddr,
+) -> Result<Observation, ProbeError> {
+    let h = StunSocket::bind(p.bind).await?;
+    let req = BindingRequest::default();
+    Ok(
+        h.deliver("hairpinning", mapped, &req, m, cfg.retransmit, &p.pacer)
+            .await,
+    )
+}
+
+/// What the RFC 5780 tests against one server established.
+#[derive(Debug)]
 struct Rfc5780Tests {
-    hairpinning: Option<bool>,
+    server: ServerCheck,
+    mapped_ii: Option<SocketAddr>,
+    mapped_iii: Option<SocketAddr>,
+    filter_ii: FilterOutcome,
+    filter_iii: FilterOutcome,
+    alg: bool,
+    notes: Vec<String>,
     tests: Vec<Observation>,
 }
 
-/// Mapping II/III and the server check on M, filtering on a fresh F, hairpinning from H: all
-/// at once. Fills `obs` and checks that every answer came from where it was asked to.
-#[allow(clippy::too_many_arguments)]
+fn answer(t: &Observation) -> Answer {
+    Answer {
+        reply: match t.outcome {
+            "response" => Some(None),
+            "error-response" => Some(Some(t.error_code.unwrap_or(0))),
+            _ => None,
+        },
+        from: t.from,
+        origin: t.response_origin,
+    }
+}
+
+/// Mapping II/III and the server check on M, filtering II/III on a fresh F: all at once.
 async fn rfc5780_tests(
     cfg: &ProbeConfig,
     p: &Prepared,
@@ -90,16 +234,12 @@ async fn rfc5780_tests(
     paddr: SocketAddr,
     other: SocketAddr,
     mapped_i: SocketAddr,
-    obs: &mut Observations,
-    notes: &mut Vec<String>,
 ) -> Result<Rfc5780Tests, ProbeError> {
     let (rt, pacer) = (cfg.retransmit, &p.pacer);
     let a2p1 = SocketAddr::new(other.ip(), paddr.port());
     let a2p2 = other;
     let a1p2 = SocketAddr::new(paddr.ip(), other.port());
-    let nat = mapped_i != m.local_addr();
     let f = StunSocket::bind(p.bind).await?;
-    let h = StunSocket::bind(p.bind).await?;
     let plain = BindingRequest::default();
     let change_both = BindingRequest {
         change_ip: true,
@@ -122,98 +262,53 @@ async fn rfc5780_tests(
             .await;
         (ii, iii, verify)
     };
+    // The fresh socket sends only to the primary address: its NAT filter has never seen
+    // A2 or P2. (Filtering test I, a plain request from F, would add nothing: II and III
+    // themselves create F's mapping.)
     let filtering = async {
         tokio::join!(
-            f.transact("filtering-I", paddr, &plain, rt, pacer),
             f.transact("filtering-II", paddr, &change_both, rt, pacer),
             f.transact("filtering-III", paddr, &change_port, rt, pacer),
         )
     };
-    let hairpin = async {
-        if nat {
-            Some(
-                h.deliver("hairpinning", mapped_i, &plain, m, rt, pacer)
-                    .await,
-            )
-        } else {
-            None
-        }
-    };
-    let ((ii, iii, verify), (fi, fii, fiii), hp) =
-        tokio::join!(mapping_and_check, filtering, hairpin);
+    let ((ii, iii, verify), (fii, fiii)) = tokio::join!(mapping_and_check, filtering);
 
-    // Answers must come from where they were asked to.
-    let mut server = ServerCheck::Suitable;
-    for t in [&ii, &iii] {
-        if let (true, Some(from)) = (t.answered(), t.from) {
-            if from != t.destination {
-                notes.push(format!(
-                    "{} answered from {from}, not {} where it was sent",
-                    t.name, t.destination
-                ));
-            }
-        }
-    }
-    if !ii.answered() && !iii.answered() {
-        server = ServerCheck::AlternateUnreachable;
-    }
-    for (t, expected) in [(&verify, a2p2), (&fii, a2p2), (&fiii, a1p2)] {
-        match (t.outcome, t.from) {
-            ("response", Some(from)) if from != expected => {
-                server = ServerCheck::ChangeRequestIgnored {
-                    expected,
-                    actual: from,
-                };
-            }
-            ("error-response", _) => {
-                server = ServerCheck::ChangeRequestRefused {
-                    code: t.error_code.unwrap_or(0),
-                };
-            }
-            _ => {}
-        }
-        if let (Some(origin), Some(from)) = (t.response_origin, t.from) {
-            if origin != from {
-                notes.push(format!(
-                    "{}: RESPONSE-ORIGIN {origin} but the answer came from {from}",
-                    t.name
-                ));
-            }
-        }
-    }
-    if verify.outcome == "timeout" && server == ServerCheck::Suitable {
-        notes.push(
-            "could not confirm that the server honours CHANGE-REQUEST (the check from the \
-             mapping socket got no answer); filtering results assume it does"
-                .into(),
-        );
-    }
+    let (server, mut notes) = judge_server(&ServerEvidence {
+        a1p2,
+        a2p1,
+        a2p2,
+        mapping_ii: answer(&ii),
+        mapping_iii: answer(&iii),
+        verify: answer(&verify),
+        filter_ii: answer(&fii),
+        filter_iii: answer(&fiii),
+    });
     let filter = |t: &Observation| match t.outcome {
         "response" => FilterOutcome::Received,
         "timeout" => FilterOutcome::Blocked,
         _ => FilterOutcome::Invalid,
     };
-    for t in [&ii, &iii, &verify, &fi, &fii, &fiii] {
-        obs.alg |= t.alg();
-    }
-    obs.mapped_ii = ii.mapped;
-    obs.mapped_iii = iii.mapped;
-    obs.filter_ii = Some(filter(&fii));
-    obs.filter_iii = Some(filter(&fiii));
-    obs.server = Some(server);
-    if let Some(a) = fi.mapped {
-        if nat && a.ip() == mapped_i.ip() {
+    let nat = mapped_i != m.local_addr();
+    if let Some(x) = fii.mapped.or(fiii.mapped) {
+        if nat && x.ip() == mapped_i.ip() {
             notes.push(format!(
                 "two sockets got external ports {} and {} (local {} and {})",
                 mapped_i.port(),
-                a.port(),
+                x.port(),
                 m.local_addr().port(),
                 f.local_addr().port()
             ));
         }
     }
-    let hairpinning = hp.as_ref().map(|t| t.outcome == "delivered");
-    let mut tests = vec![ii, iii, verify, fi, fii, fiii];
-    tests.extend(hp);
-    Ok(Rfc5780Tests { hairpinning, tests })
+    let alg = [&ii, &iii, &verify, &fii, &fiii].iter().any(|t| t.alg());
+    Ok(Rfc5780Tests {
+        server,
+        mapped_ii: ii.mapped,
+        mapped_iii: iii.mapped,
+        filter_ii: filter(&fii),
+        filter_iii: filter(&fiii),
+        alg,
+        notes,
+        tests: vec![ii, iii, verify, fii, fiii],
+    })
 }

@@ -158,18 +158,33 @@ fn bad_usage_exits_2() {
     );
 }
 
-/// A server that announces OTHER-ADDRESS but answers every request from the socket it arrived
-/// on, ignoring CHANGE-REQUEST. natprobe must call it unsuitable, never endpoint-independent
-/// filtering.
-struct LyingServer {
+/// How a [`FakeServer`] misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Announces OTHER-ADDRESS but answers every request from the socket it arrived on.
+    IgnoresChangeRequest,
+    /// Honours CHANGE-REQUEST but ignores RESPONSE-PORT (answers the source).
+    IgnoresResponsePort,
+    /// Answers everything with 400.
+    ErrorsOnly,
+}
+
+/// A four-address RFC 5780 look-alike on 127.0.0.1/127.0.0.2 x P/P+1 that misbehaves in one way.
+struct FakeServer {
     primary: SocketAddr,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-impl LyingServer {
-    fn start() -> LyingServer {
-        // Find a port free on both IPs, and port+1 too.
+impl FakeServer {
+    fn start(mode: Mode) -> FakeServer {
+        Self::start_delayed(mode, std::time::Duration::ZERO)
+    }
+
+    /// Every answer leaves `delay` after its request arrived.
+    fn start_delayed(mode: Mode, delay: std::time::Duration) -> FakeServer {
+        // Sockets in the order A1:P1, A1:P2, A2:P1, A2:P2, so index ^ 1 flips the port and
+        // index ^ 2 flips the IP.
         let (socks, p1) = loop {
             let a = UdpSocket::bind("127.0.0.1:0").unwrap();
             let p1 = a.local_addr().unwrap().port();
@@ -182,41 +197,66 @@ impl LyingServer {
                 break (v, p1);
             }
         };
-        let other: SocketAddr = format!("127.0.0.2:{}", p1 + 1).parse().unwrap();
+        for s in &socks {
+            s.set_read_timeout(Some(std::time::Duration::from_millis(50)))
+                .unwrap();
+        }
+        let socks = Arc::new(socks);
         let stop = Arc::new(AtomicBool::new(false));
-        let threads = socks
-            .into_iter()
-            .map(|s| {
-                let stop = stop.clone();
-                s.set_read_timeout(Some(std::time::Duration::from_millis(50)))
-                    .unwrap();
+        let threads = (0..4)
+            .map(|idx| {
+                let (stop, socks) = (stop.clone(), socks.clone());
                 std::thread::spawn(move || {
-                    let me = s.local_addr().unwrap();
                     let mut buf = [0u8; 1500];
                     while !stop.load(Ordering::Relaxed) {
-                        let Ok((n, src)) = s.recv_from(&mut buf) else {
+                        let Ok((n, src)) = socks[idx].recv_from(&mut buf) else {
                             continue;
                         };
                         let Ok(m) = Message::parse(&buf[..n]) else {
                             continue;
                         };
+                        let flags = m
+                            .get(attr::CHANGE_REQUEST)
+                            .map_or(0, |a| a.value.get(3).copied().unwrap_or(0));
+                        let from = match mode {
+                            Mode::IgnoresResponsePort => {
+                                idx ^ (usize::from(flags & 4 != 0) * 2)
+                                    ^ usize::from(flags & 2 != 0)
+                            }
+                            _ => idx,
+                        };
+                        let me = socks[from].local_addr().unwrap();
+                        let other = socks[idx ^ 3].local_addr().unwrap();
+                        let id = m.transaction_id();
                         let mut out = [0u8; 256];
-                        let mut w = MessageWriter::new(
-                            &mut out,
-                            message_type(BINDING, Class::Success),
-                            &m.transaction_id(),
-                        )
-                        .unwrap();
-                        w.address(attr::XOR_MAPPED_ADDRESS, src).unwrap();
-                        w.address(attr::RESPONSE_ORIGIN, me).unwrap();
-                        w.address(attr::OTHER_ADDRESS, other).unwrap();
-                        let len = w.finish();
-                        let _ = s.send_to(&out[..len], src);
+                        let len = if mode == Mode::ErrorsOnly {
+                            let mut w = MessageWriter::new(
+                                &mut out,
+                                message_type(BINDING, Class::Error),
+                                &id,
+                            )
+                            .unwrap();
+                            w.error_code(400, "Bad Request").unwrap();
+                            w.finish()
+                        } else {
+                            let mut w = MessageWriter::new(
+                                &mut out,
+                                message_type(BINDING, Class::Success),
+                                &id,
+                            )
+                            .unwrap();
+                            w.address(attr::XOR_MAPPED_ADDRESS, src).unwrap();
+                            w.address(attr::RESPONSE_ORIGIN, me).unwrap();
+                            w.address(attr::OTHER_ADDRESS, other).unwrap();
+                            w.finish()
+                        };
+                        std::thread::sleep(delay);
+                        let _ = socks[from].send_to(&out[..len], src);
                     }
                 })
             })
             .collect();
-        LyingServer {
+        FakeServer {
             primary: format!("127.0.0.1:{p1}").parse().unwrap(),
             stop,
             threads,
@@ -224,7 +264,7 @@ impl LyingServer {
     }
 }
 
-impl Drop for LyingServer {
+impl Drop for FakeServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
@@ -235,7 +275,7 @@ impl Drop for LyingServer {
 
 #[test]
 fn server_ignoring_change_request_is_unsuitable() {
-    let server = LyingServer::start();
+    let server = FakeServer::start(Mode::IgnoresChangeRequest);
     let (code, r) = natprobe_json(&["--fast", &server.primary.to_string()]);
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(
@@ -251,4 +291,121 @@ fn server_ignoring_change_request_is_unsuitable() {
     // The mapping tests do not need CHANGE-REQUEST: still firm.
     assert_eq!(r["mapping"], "endpoint-independent");
     assert!(r["notes"].to_string().contains("ignores CHANGE-REQUEST"));
+}
+
+#[test]
+fn an_unsuitable_server_gives_way_to_the_next_rfc5780_server() {
+    // The liar answers at once and is tried first; the honest one answers 150 ms late.
+    let liar = FakeServer::start(Mode::IgnoresChangeRequest);
+    let honest = FakeServer::start_delayed(
+        Mode::IgnoresResponsePort,
+        std::time::Duration::from_millis(150),
+    );
+    let (code, r) = natprobe_json(&[
+        "--fast",
+        &liar.primary.to_string(),
+        &honest.primary.to_string(),
+    ]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["server"], honest.primary.to_string().as_str(), "{r:#}");
+    assert_eq!(r["rfc5780"], true);
+    assert_eq!(r["server_check"]["status"], "suitable");
+    assert_eq!(r["filtering"], "endpoint-independent");
+    let notes = r["notes"].to_string();
+    assert!(
+        notes.contains("unsuitable for RFC 5780 tests (change-request-ignored)"),
+        "{notes}"
+    );
+    // The liar's own RFC 5780 tests are kept in the report.
+    let sent_to_liar = r["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["destination"] == liar.primary.to_string().as_str())
+        .count();
+    assert!(sent_to_liar >= 2, "{r:#}");
+}
+
+#[test]
+fn a_silent_server_does_not_stop_the_others() {
+    let port = dead_udp_port();
+    let honest = turnd("127.0.0.1", Some("127.0.0.2"), false);
+    let (code, r) = natprobe_json(&[
+        "--fast",
+        &format!("127.0.0.1:{port}"),
+        &honest.primary().to_string(),
+    ]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["server"], honest.primary().to_string().as_str());
+    assert_eq!(r["filtering"], "endpoint-independent");
+    let servers = r["servers"].as_array().unwrap();
+    assert_eq!(servers[0]["answered"], false);
+    assert!(
+        servers[0]["error"].as_str().unwrap().contains("no answer"),
+        "{r:#}"
+    );
+}
+
+#[test]
+fn error_responses_only_are_not_udp_blocked() {
+    let server = FakeServer::start(Mode::ErrorsOnly);
+    let out = natprobe(&["--fast", "--json", &server.primary.to_string()]);
+    assert_eq!(out.status.code(), Some(3));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["udp_blocked"], false, "{r:#}");
+    assert_eq!(r["legacy"], "unknown");
+    assert!(
+        r["servers"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("error 400")
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only with errors"));
+}
+
+#[test]
+fn lifetime_on_loopback_is_a_lower_bound() {
+    let server = turnd("127.0.0.1", Some("127.0.0.2"), false);
+    let (code, r) = natprobe_json(&[
+        "--fast",
+        "--lifetime",
+        "--lifetime-max",
+        "1",
+        &server.primary().to_string(),
+    ]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["binding_lifetime_s"], 1.0, "{r:#}");
+    assert_eq!(r["binding_lifetime_expired_s"], serde_json::Value::Null);
+    assert!(r["notes"].to_string().contains("still alive after 1 s"));
+}
+
+#[test]
+fn lifetime_is_not_measured_when_response_port_is_ignored() {
+    let server = FakeServer::start(Mode::IgnoresResponsePort);
+    let (code, r) = natprobe_json(&["--fast", "--lifetime", &server.primary.to_string()]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["server_check"]["status"], "suitable", "{r:#}");
+    assert_eq!(r["binding_lifetime_s"], serde_json::Value::Null, "{r:#}");
+    assert!(
+        r["notes"]
+            .to_string()
+            .contains("binding lifetime not measured"),
+        "{r:#}"
+    );
+}
+
+#[test]
+fn tcp_nothing_answers_is_about_tcp() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = natprobe(&["--fast", "--json", "--tcp", &format!("127.0.0.1:{port}")]);
+    assert_eq!(out.status.code(), Some(3));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["udp_blocked"], false);
+    assert_eq!(r["legacy"], "tcp-blocked");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("over TCP"), "{err}");
 }

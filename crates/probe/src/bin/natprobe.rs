@@ -30,23 +30,25 @@ struct Cli {
     /// Also measure the binding lifetime (RFC 5780 §4.6; takes minutes).
     #[arg(long)]
     lifetime: bool,
-    /// Longest binding lifetime tried, in seconds.
-    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    /// Longest binding lifetime tried, in seconds (1-86400).
+    #[arg(long, default_value_t = 300, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     lifetime_max: u64,
-    /// Lifetime resolution, in seconds.
+    /// Lifetime resolution, in seconds (0.1-3600).
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     lifetime_resolution: f64,
     /// Lift the RFC 5780 §5 pacing (10 new transactions/s); only for your own server.
     #[arg(long)]
     fast: bool,
-    /// Initial retransmission timeout in milliseconds (RFC 8489 RTO).
-    #[arg(long, default_value_t = 100, value_name = "MS")]
+    /// Initial retransmission timeout in milliseconds (RFC 8489 RTO; 1-60000).
+    #[arg(long, default_value_t = 100, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
     rto: u64,
-    /// Requests sent per transaction (RFC 8489 Rc).
-    #[arg(long, default_value_t = 4)]
+    /// Requests sent per transaction (RFC 8489 Rc; 1-20).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
     rc: u32,
-    /// Wait after the last request, in RTOs (RFC 8489 Rm).
-    #[arg(long, default_value_t = 4)]
+    /// Wait after the last request, in RTOs (RFC 8489 Rm; 1-100).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
     rm: u32,
     /// Use the RFC 8489 default retransmissions (RTO 500 ms, Rc 7, Rm 16) for slow paths.
     #[arg(long, conflicts_with_all = ["rto", "rc", "rm"])]
@@ -67,12 +69,8 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    if cli.rto == 0 || cli.rc == 0 {
-        eprintln!("natprobe: --rto and --rc must be at least 1");
-        return ExitCode::from(2);
-    }
-    if !cli.lifetime_resolution.is_finite() || cli.lifetime_resolution <= 0.0 {
-        eprintln!("natprobe: --lifetime-resolution must be positive");
+    if !(0.1..=3600.0).contains(&cli.lifetime_resolution) {
+        eprintln!("natprobe: --lifetime-resolution must be between 0.1 and 3600 seconds");
         return ExitCode::from(2);
     }
     let servers = if cli.servers.is_empty() {
@@ -140,6 +138,20 @@ fn main() -> ExitCode {
     }
     if report.usable() {
         ExitCode::SUCCESS
+    } else if report.servers.iter().any(|s| s.answered_with_error()) {
+        eprintln!(
+            "natprobe: the servers answered only with errors ({}); see each server's error, \
+             and try other servers",
+            cfg.servers.join(", ")
+        );
+        ExitCode::from(3)
+    } else if cli.tcp {
+        eprintln!(
+            "natprobe: no server answered over TCP ({}). TCP may be blocked towards them, or \
+             they do not serve STUN over TCP: try without --tcp, or other servers",
+            cfg.servers.join(", ")
+        );
+        ExitCode::from(3)
     } else {
         eprintln!(
             "natprobe: no server answered ({}). UDP may be blocked on this network: try --tcp, \
