@@ -6,7 +6,7 @@
 #
 # Environment:
 #   FUZZ_TOOLCHAIN   toolchain for cargo-fuzz (default: nightly; installed with rustup if absent,
-#                    else stable with RUSTC_BOOTSTRAP=1)
+#                    else the active toolchain with RUSTC_BOOTSTRAP=1)
 #   FUZZ_ARGS        extra libFuzzer flags for runs, e.g. "-max_len=65600 -jobs=2"
 #
 # Runs use fuzz/corpus/<target>/ (kept, git-ignored) on top of the checked-in seeds in
@@ -28,8 +28,8 @@ if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1; then
     if ! rustup toolchain install "$toolchain" --profile minimal; then
         # Offline machines cannot fetch a toolchain: cargo-fuzz also works on stable when
         # the compiler is allowed its unstable flags.
-        echo "==> no $toolchain toolchain to be had; using stable with RUSTC_BOOTSTRAP=1"
-        toolchain=stable
+        toolchain="$(rustup show active-toolchain | cut -d' ' -f1)"
+        echo "==> no nightly toolchain to be had; using $toolchain with RUSTC_BOOTSTRAP=1"
         export RUSTC_BOOTSTRAP=1
     fi
 fi
