@@ -297,16 +297,26 @@ impl Responder {
             port: local.port ^ u8::from(change & CHANGE_PORT != 0),
         };
         let origin = self.config.address(from).ok_or(Drop::NoRoom)?;
+        // A wildcard listener (0.0.0.0 or ::, turnd's default) does not know which of the
+        // host's addresses the request reached, and announcing the unspecified address would
+        // mislead clients: RESPONSE-ORIGIN is left out. Only a plain RFC 8489 server can listen
+        // on a wildcard (RFC 5780 mode needs concrete IPs, checked by the config), so
+        // OTHER-ADDRESS is not affected (it is filtered the same way all the same).
+        let origin = (!origin.ip().is_unspecified()).then_some(origin);
         // OTHER-ADDRESS: the listener that differs from the receiving one in both IP and port.
-        let other = self.config.address(Listener {
-            ip: local.ip ^ 1,
-            port: local.port ^ 1,
-        });
+        let other = self
+            .config
+            .address(Listener {
+                ip: local.ip ^ 1,
+                port: local.port ^ 1,
+            })
+            .filter(|a| !a.ip().is_unspecified());
 
         let fingerprint = msg.get(attr::FINGERPRINT).is_some();
         let software = self.config.software.as_deref().unwrap_or("");
         let addr = MessageWriter::address_size(&src);
-        let required = wire::HEADER_LEN + addr * (2 + usize::from(other.is_some()));
+        let required = wire::HEADER_LEN
+            + addr * (1 + usize::from(origin.is_some()) + usize::from(other.is_some()));
         let mut spare = budget.checked_sub(required).ok_or(Drop::TooSmall)?;
         let mut take = |n: usize| {
             let ok = n <= spare;
@@ -332,7 +342,9 @@ impl Responder {
             if with_mapped {
                 w.address(attr::MAPPED_ADDRESS, src)?;
             }
-            w.address(attr::RESPONSE_ORIGIN, origin)?;
+            if let Some(o) = origin {
+                w.address(attr::RESPONSE_ORIGIN, o)?;
+            }
             if let Some(o) = other {
                 w.address(attr::OTHER_ADDRESS, o)?;
             }
@@ -519,6 +531,46 @@ mod tests {
         );
         assert!(resp.success);
         assert_eq!(resp.other_address, None);
+    }
+
+    /// turnd's default listen address is 0.0.0.0:3478: its answers must not announce
+    /// 0.0.0.0 (or ::) as their origin.
+    #[test]
+    fn wildcard_listener_omits_response_origin() {
+        for (listen, client) in [
+            ("0.0.0.0:3478", CLIENT),
+            ("[::]:3478", "[2001:db8::9]:40000"),
+        ] {
+            let r = Responder::new(ResponderConfig::new(listen.parse().unwrap(), None));
+            let bytes = BindingRequest::default().encode(&[9; 12]).unwrap();
+            let mut out = [0u8; 2048];
+            let src: SocketAddr = client.parse().unwrap();
+            let reply = r
+                .handle(Transport::Udp, Listener::PRIMARY, src, &bytes, &mut out)
+                .unwrap();
+            let resp = BindingResponse::parse(&out[..reply.len]).unwrap();
+            assert!(resp.success, "{listen}");
+            assert_eq!(resp.xor_mapped, Some(src), "{listen}");
+            assert_eq!(resp.response_origin, None, "{listen}: announced a wildcard");
+            assert_eq!(resp.other_address, None, "{listen}");
+            let m = Message::parse(&out[..reply.len]).unwrap();
+            assert!(m.get(attr::RESPONSE_ORIGIN).is_none(), "{listen}");
+        }
+        // A concrete listener still announces itself.
+        let r = Responder::new(ResponderConfig::new(
+            "192.0.2.1:3478".parse().unwrap(),
+            None,
+        ));
+        let (_, resp) = ask(
+            &r,
+            Transport::Udp,
+            Listener::PRIMARY,
+            &BindingRequest::default(),
+        );
+        assert_eq!(
+            resp.response_origin,
+            Some("192.0.2.1:3478".parse().unwrap())
+        );
     }
 
     #[test]

@@ -23,6 +23,9 @@ use crate::server::{ServerConfig, check_announceable};
 /// max_padding = 1200
 /// amplification = 3
 /// workers = 0                 # UDP threads per address, 0 = one per core
+/// max_tcp_connections = 1024
+/// max_tcp_per_source = 16     # per IPv4 address or IPv6 /64 (0 = no per-source cap)
+/// tcp_idle_timeout_s = 30
 /// udp_io = "gso"              # gso | batch | simple: UDP socket calls (fall back by themselves)
 /// log_format = "text"         # or "json"
 /// ```
@@ -53,6 +56,8 @@ pub struct FileConfig {
     pub workers: Option<usize>,
     /// Most TCP connections.
     pub max_tcp_connections: Option<usize>,
+    /// Most TCP connections per source.
+    pub max_tcp_per_source: Option<usize>,
     /// TCP idle timeout in seconds.
     pub tcp_idle_timeout_s: Option<u64>,
     /// "text" or "json".
@@ -116,6 +121,10 @@ pub struct Flags {
     /// UDP worker threads per address (0 = one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Most simultaneous TCP connections from one source (IPv4 address or IPv6 /64); 0 lifts
+    /// the per-source cap. Default 16.
+    #[arg(long, value_name = "N")]
+    pub max_tcp_per_source: Option<usize>,
     /// Log format: text or json.
     #[arg(long, value_parser = ["text", "json"])]
     pub log_format: Option<String>,
@@ -194,6 +203,9 @@ pub fn merge(flags: &Flags, file: FileConfig) -> Result<(ServerConfig, String), 
     if let Some(m) = file.max_tcp_connections {
         cfg.max_tcp_connections = m;
     }
+    if let Some(m) = flags.max_tcp_per_source.or(file.max_tcp_per_source) {
+        cfg.max_tcp_per_source = m;
+    }
     if let Some(s) = file.tcp_idle_timeout_s {
         cfg.tcp_idle_timeout = Duration::from_secs(s);
     }
@@ -241,6 +253,21 @@ mod tests {
             Some(("192.0.2.2".parse().unwrap(), 3479))
         );
         assert_eq!(log, "text");
+    }
+
+    #[test]
+    fn max_tcp_per_source_from_file_and_flag() {
+        let (cfg, _) = merge(&Flags::default(), FileConfig::default()).unwrap();
+        assert_eq!(cfg.max_tcp_per_source, 16, "default");
+        let file = || toml::from_str::<FileConfig>("max_tcp_per_source = 4").unwrap();
+        let (cfg, _) = merge(&Flags::default(), file()).unwrap();
+        assert_eq!(cfg.max_tcp_per_source, 4);
+        let flags = Flags {
+            max_tcp_per_source: Some(0),
+            ..Default::default()
+        };
+        let (cfg, _) = merge(&flags, file()).unwrap();
+        assert_eq!(cfg.max_tcp_per_source, 0, "the flag wins");
     }
 
     #[test]

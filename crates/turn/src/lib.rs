@@ -3,7 +3,7 @@
 //! RESPONSE-ORIGIN), built to face the public Internet. TURN (RFC 8656) comes next.
 //!
 //! - [`binding`]: the sans-IO responder. One packet in, at most one answer out, no allocation.
-//! - [`ratelimit`]: per-source token buckets (sans-IO).
+//! - [`ratelimit`]: per-source token buckets (sans-IO), one table shared by the whole server.
 //! - [`server`]: drivers on real sockets (UDP worker threads, TCP on tokio).
 //! - [`config`]: flags and TOML.
 //!

@@ -1,10 +1,16 @@
 //! Drivers binding the sans-IO [`Responder`] to real sockets: UDP worker threads (blocking
 //! sockets, one or more per listening address) and a small tokio runtime for TCP.
+//!
+//! One [`RateLimiter`] is shared by every UDP worker of every listener and by TCP, so a source
+//! gets the configured rate in total. TCP also caps connections (in total and per source),
+//! checks the limiter when a connection is accepted, enforces idle and frame deadlines, and backs
+//! off when `accept` fails (out of file descriptors), logging at most once a second.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener as StdTcpListener, UdpSocket};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -13,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::binding::{Listener, Responder, ResponderConfig, Transport};
-use crate::ratelimit::{DEFAULT_BUCKETS, RateLimiter};
+use crate::ratelimit::{DEFAULT_BUCKETS, RateLimiter, source_key};
 use crate::udp;
 
 /// Which socket calls the UDP workers use. The default is the fastest the kernel offers; each
@@ -61,6 +67,9 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Most simultaneous TCP connections.
     pub max_tcp_connections: usize,
+    /// Most simultaneous TCP connections from one source (IPv4 address or IPv6 /64); 0: no
+    /// per-source cap (only `max_tcp_connections`).
+    pub max_tcp_per_source: usize,
     /// A TCP connection idle this long is closed.
     pub tcp_idle_timeout: Duration,
     /// A frame whose first byte has arrived must be complete within this time, however the
@@ -81,6 +90,7 @@ impl ServerConfig {
             rate_burst: 200,
             workers: 0,
             max_tcp_connections: 1024,
+            max_tcp_per_source: 16,
             tcp_idle_timeout: Duration::from_secs(30),
             tcp_frame_timeout: Duration::from_secs(5),
             udp_io: UdpIo::default(),
@@ -99,8 +109,10 @@ pub struct Stats {
     pub errors: AtomicU64,
     /// Dropped as malformed or not a request.
     pub dropped: AtomicU64,
-    /// Dropped by the rate limiter.
+    /// Dropped by the rate limiter (UDP datagrams, TCP frames and TCP connections).
     pub rate_limited: AtomicU64,
+    /// TCP connections closed on accept for the connection caps (total or per source).
+    pub tcp_refused: AtomicU64,
 }
 
 /// A running server. Dropping it stops it.
@@ -223,6 +235,14 @@ pub fn spawn(mut config: ServerConfig) -> io::Result<RunningServer> {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
+    // One limiter for everything: per-worker or per-transport limiters would multiply the
+    // per-source rate by the number of sockets a source can reach.
+    let limiter = Arc::new(RateLimiter::new(
+        Instant::now(),
+        config.rate_limit,
+        config.rate_burst,
+        DEFAULT_BUCKETS,
+    ));
     let mut threads = vec![];
 
     if config.udp {
@@ -244,12 +264,7 @@ pub fn spawn(mut config: ServerConfig) -> io::Result<RunningServer> {
                     socket: s.clone(),
                     senders: senders.clone(),
                     responder: responder.clone(),
-                    limiter: RateLimiter::new(
-                        Instant::now(),
-                        config.rate_limit,
-                        config.rate_burst,
-                        DEFAULT_BUCKETS,
-                    ),
+                    limiter: limiter.clone(),
                     stop: stop.clone(),
                     stats: stats.clone(),
                     io: config.udp_io,
@@ -271,16 +286,24 @@ pub fn spawn(mut config: ServerConfig) -> io::Result<RunningServer> {
         }
         let (tx, rx) = tokio::sync::watch::channel(false);
         tcp_shutdown = Some(tx);
-        let responder = responder.clone();
-        let stats = stats.clone();
-        let cfg = config.clone();
+        let shared = TcpShared {
+            responder: responder.clone(),
+            stats: stats.clone(),
+            limiter: limiter.clone(),
+            permits: Arc::new(tokio::sync::Semaphore::new(config.max_tcp_connections)),
+            per_source: Arc::new(PerSource::new(config.max_tcp_per_source)),
+            timeouts: TcpTimeouts {
+                idle: config.tcp_idle_timeout,
+                frame: config.tcp_frame_timeout,
+            },
+        };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         threads.push(
             std::thread::Builder::new()
                 .name("turnd-tcp".into())
-                .spawn(move || rt.block_on(serve_tcp(listeners, responder, stats, cfg, rx)))?,
+                .spawn(move || rt.block_on(serve_tcp(listeners, shared, rx)))?,
         );
     }
 
@@ -297,20 +320,23 @@ fn annotate(e: io::Error, proto: &str, a: SocketAddr) -> io::Error {
     io::Error::new(e.kind(), format!("cannot bind {proto} {a}: {e}"))
 }
 
-async fn serve_tcp(
-    listeners: Vec<(Listener, StdTcpListener)>,
+/// What every TCP accept loop and connection shares.
+#[derive(Debug, Clone)]
+struct TcpShared {
     responder: Arc<Responder>,
     stats: Arc<Stats>,
-    cfg: ServerConfig,
+    limiter: Arc<RateLimiter>,
+    /// Total connection cap.
+    permits: Arc<tokio::sync::Semaphore>,
+    per_source: Arc<PerSource>,
+    timeouts: TcpTimeouts,
+}
+
+async fn serve_tcp(
+    listeners: Vec<(Listener, StdTcpListener)>,
+    shared: TcpShared,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_tcp_connections));
-    let limiter = Arc::new(std::sync::Mutex::new(RateLimiter::new(
-        Instant::now(),
-        cfg.rate_limit,
-        cfg.rate_burst,
-        DEFAULT_BUCKETS,
-    )));
     let mut tasks = tokio::task::JoinSet::new();
     for (l, std_listener) in listeners {
         let listener = match TcpListener::from_std(std_listener) {
@@ -320,38 +346,188 @@ async fn serve_tcp(
                 continue;
             }
         };
-        let responder = responder.clone();
-        let stats = stats.clone();
-        let permits = permits.clone();
-        let limiter = limiter.clone();
-        let timeouts = TcpTimeouts {
-            idle: cfg.tcp_idle_timeout,
-            frame: cfg.tcp_frame_timeout,
-        };
-        tasks.spawn(async move {
-            loop {
-                let Ok((stream, peer)) = listener.accept().await else {
-                    continue;
-                };
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "TCP connection limit reached; closing");
-                    continue;
-                };
-                let responder = responder.clone();
-                let stats = stats.clone();
-                let limiter = limiter.clone();
-                tokio::spawn(async move {
-                    let r = tcp_connection(stream, peer, l, &responder, &stats, &limiter, timeouts);
-                    if let Err(e) = r.await {
-                        tracing::debug!(%peer, error = %e, "TCP connection closed");
-                    }
-                    drop(permit);
-                });
-            }
-        });
+        tasks.spawn(accept_loop(listener, l, shared.clone()));
     }
     let _ = shutdown.changed().await;
     tasks.abort_all();
+}
+
+/// How long the accept loop pauses after an error that is not about one connection (EMFILE,
+/// ENFILE, ENOBUFS...): retrying at once would spin at 100% CPU, since the pending connection
+/// keeps the listener readable.
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// `accept` errors about one connection only (it went away before we took it): retry at once.
+fn accept_error_is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// At most one log line per `LOG_EVERY`, counting what it did not log in between: a flood of
+/// refused connections or failing accepts must not become a flood of log lines.
+#[derive(Debug, Default)]
+pub(crate) struct LogThrottle {
+    next: Option<Instant>,
+    suppressed: u64,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl LogThrottle {
+    /// May a line be logged at `now`? If so, returns how many were suppressed since the last.
+    pub(crate) fn ready(&mut self, now: Instant) -> Option<u64> {
+        if self.next.is_some_and(|t| now < t) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.next = Some(now + LOG_EVERY);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+/// Accept connections on one listener until the task is aborted.
+async fn accept_loop(listener: TcpListener, local: Listener, shared: TcpShared) {
+    let mut error_log = LogThrottle::default();
+    let mut refuse_log = LogThrottle::default();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) if accept_error_is_transient(&e) => continue,
+            Err(e) => {
+                if let Some(suppressed) = error_log.ready(Instant::now()) {
+                    tracing::warn!(error = %e, suppressed, backoff_ms = ACCEPT_BACKOFF.as_millis(),
+                        "TCP accept failed; pausing");
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let admitted = admit(&shared, peer);
+        let (permit, slot) = match admitted {
+            Ok(x) => x,
+            Err(why) => {
+                if let Some(suppressed) = refuse_log.ready(Instant::now()) {
+                    tracing::warn!(%peer, why, suppressed, "TCP connection refused");
+                }
+                // Reset rather than close: no TIME_WAIT left behind on our side per refusal.
+                let _ = stream.set_zero_linger();
+                drop(stream);
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let r = tcp_connection(stream, peer, local, &shared);
+            if let Err(e) = r.await {
+                tracing::debug!(%peer, error = %e, "TCP connection closed");
+            }
+            drop(slot);
+            drop(permit);
+        });
+    }
+}
+
+/// May a connection from `peer` be served? Checks the shared rate limiter, then the total and
+/// per-source caps; the returned guards hold the connection's place until dropped.
+fn admit(
+    shared: &TcpShared,
+    peer: SocketAddr,
+) -> Result<(tokio::sync::OwnedSemaphorePermit, Option<SourceSlot>), &'static str> {
+    if !shared.limiter.allow(Instant::now(), peer.ip()) {
+        shared.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+        return Err("rate limited");
+    }
+    let refused = |why| {
+        shared.stats.tcp_refused.fetch_add(1, Ordering::Relaxed);
+        Err(why)
+    };
+    let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+        return refused("connection limit reached");
+    };
+    match PerSource::try_take(&shared.per_source, peer.ip()) {
+        Ok(slot) => Ok((permit, slot)),
+        Err(()) => refused("per-source connection limit reached"),
+    }
+}
+
+/// Live TCP connections per source (IPv4 address or IPv6 /64). An entry exists only while a
+/// [`SourceSlot`] for it does, and a slot is only taken with a total-cap permit in hand, so the
+/// map never holds more than `max_tcp_connections` entries.
+#[derive(Debug)]
+pub(crate) struct PerSource {
+    cap: usize,
+    live: Mutex<HashMap<u128, usize>>,
+}
+
+/// One connection's place in [`PerSource`]; gives it back when dropped.
+#[derive(Debug)]
+pub(crate) struct SourceSlot {
+    table: Arc<PerSource>,
+    key: u128,
+}
+
+impl PerSource {
+    pub(crate) fn new(cap: usize) -> Self {
+        PerSource {
+            cap,
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Take a place for a connection from `ip`: `Ok(None)` when there is no per-source cap,
+    /// `Err` when the source already has `cap` connections.
+    pub(crate) fn try_take(table: &Arc<Self>, ip: IpAddr) -> Result<Option<SourceSlot>, ()> {
+        if table.cap == 0 {
+            return Ok(None);
+        }
+        let key = source_key(ip);
+        let mut live = table.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = live.entry(key).or_insert(0);
+        if *n >= table.cap {
+            return Err(());
+        }
+        *n += 1;
+        Ok(Some(SourceSlot {
+            table: table.clone(),
+            key,
+        }))
+    }
+
+    /// Live connections from `ip`'s source.
+    #[cfg(test)]
+    pub(crate) fn live(&self, ip: IpAddr) -> usize {
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        live.get(&source_key(ip)).copied().unwrap_or(0)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn sources(&self) -> usize {
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut live = self
+            .table
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = live.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                live.remove(&self.key);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -367,15 +543,19 @@ async fn tcp_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     local: Listener,
-    responder: &Responder,
-    stats: &Stats,
-    limiter: &std::sync::Mutex<RateLimiter>,
-    timeouts: TcpTimeouts,
+    shared: &TcpShared,
 ) -> io::Result<()> {
-    let TcpTimeouts {
-        idle,
-        frame: frame_timeout,
-    } = timeouts;
+    let TcpShared {
+        responder,
+        stats,
+        limiter,
+        timeouts: TcpTimeouts {
+            idle,
+            frame: frame_timeout,
+        },
+        ..
+    } = shared;
+    let (idle, frame_timeout) = (*idle, *frame_timeout);
     let _ = stream.set_nodelay(true);
     let mut buf = vec![0u8; MAX_TCP_FRAME];
     let mut out = vec![0u8; MAX_TCP_FRAME];
@@ -407,11 +587,7 @@ async fn tcp_connection(
                 break;
             }
             stats.received.fetch_add(1, Ordering::Relaxed);
-            let allowed = limiter
-                .lock()
-                .map(|mut l| l.allow(Instant::now(), peer.ip()))
-                .unwrap_or(false);
-            if !allowed {
+            if !limiter.allow(Instant::now(), peer.ip()) {
                 stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                 return Err(io::Error::other("rate limited"));
             }
@@ -454,5 +630,55 @@ pub fn check_announceable(ip: IpAddr) -> Result<(), String> {
         ))
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_source_cap_counts_live_connections_and_forgets_idle_sources() {
+        let table = Arc::new(PerSource::new(2));
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        let b: IpAddr = "192.0.2.8".parse().unwrap();
+        let a1 = PerSource::try_take(&table, a).unwrap();
+        let a2 = PerSource::try_take(&table, a).unwrap();
+        assert!(
+            PerSource::try_take(&table, a).is_err(),
+            "third from one source"
+        );
+        let b1 = PerSource::try_take(&table, b).unwrap();
+        assert_eq!((table.live(a), table.live(b), table.sources()), (2, 1, 2));
+        drop(a1);
+        let a3 = PerSource::try_take(&table, a).unwrap();
+        assert!(PerSource::try_take(&table, a).is_err());
+        // IPv6 sources share their /64.
+        let x: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let y: IpAddr = "2001:db8:1:2::2".parse().unwrap();
+        let x1 = PerSource::try_take(&table, x).unwrap();
+        let y1 = PerSource::try_take(&table, y).unwrap();
+        assert!(PerSource::try_take(&table, x).is_err());
+        drop((a2, a3, b1, x1, y1));
+        assert_eq!(table.sources(), 0, "no entry outlives its connections");
+        // 0: no per-source cap, nothing tracked.
+        let open = Arc::new(PerSource::new(0));
+        let slots: Vec<_> = (0..100)
+            .map(|_| PerSource::try_take(&open, a).unwrap())
+            .collect();
+        assert!(slots.iter().all(Option::is_none));
+        assert_eq!(open.sources(), 0);
+    }
+
+    #[test]
+    fn log_throttle_lets_one_line_a_second_through_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut t = LogThrottle::default();
+        assert_eq!(t.ready(t0), Some(0));
+        assert_eq!(t.ready(t0 + Duration::from_millis(10)), None);
+        assert_eq!(t.ready(t0 + Duration::from_millis(999)), None);
+        assert_eq!(t.ready(t0 + Duration::from_millis(1000)), Some(2));
+        assert_eq!(t.ready(t0 + Duration::from_millis(1500)), None);
+        assert_eq!(t.ready(t0 + Duration::from_secs(5)), Some(1));
     }
 }

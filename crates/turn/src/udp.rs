@@ -49,7 +49,8 @@ pub(crate) struct Worker {
     pub(crate) socket: Arc<UdpSocket>,
     pub(crate) senders: Arc<[Option<Arc<UdpSocket>>; 4]>,
     pub(crate) responder: Arc<Responder>,
-    pub(crate) limiter: RateLimiter,
+    /// Shared by every worker of every listener and by TCP.
+    pub(crate) limiter: Arc<RateLimiter>,
     pub(crate) stop: Arc<AtomicBool>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) io: Io,
@@ -375,7 +376,7 @@ impl Worker {
     }
 
     /// The simple path: one `recv_from` and one `send_to` per datagram.
-    fn run_simple(mut self) {
+    fn run_simple(self) {
         let mut buf = [0u8; MAX_DATAGRAM];
         let mut out = [0u8; MAX_DATAGRAM];
         while !self.stop.load(Ordering::Relaxed) {
@@ -732,6 +733,8 @@ mod tests {
             let responder = Arc::new(Responder::new(config.clone()));
             let stop = Arc::new(AtomicBool::new(false));
             let stats = Arc::new(Stats::default());
+            // One limiter for the four workers, as `server::spawn` does.
+            let limiter = Arc::new(RateLimiter::new(Instant::now(), rate, burst, 1024));
             let threads = Listener::ALL
                 .into_iter()
                 .zip(&sockets)
@@ -741,7 +744,7 @@ mod tests {
                         socket: s.clone(),
                         senders: senders.clone(),
                         responder: responder.clone(),
-                        limiter: RateLimiter::new(Instant::now(), rate, burst, 1024),
+                        limiter: limiter.clone(),
                         stop: stop.clone(),
                         stats: stats.clone(),
                         io,
@@ -970,6 +973,36 @@ mod tests {
                 stats.rate_limited.load(Ordering::Relaxed) + got.len() as u64,
                 40
             );
+        }
+    }
+
+    /// The four listeners' workers share one limiter: a client spreading its requests over all
+    /// four addresses gets the burst once, not four times.
+    #[test]
+    fn rate_limit_is_shared_by_the_workers_of_every_listener() {
+        for io in [Io::Gso, Io::Simple] {
+            let rig = Rig::start(io, 1, 6);
+            let c = client();
+            let n = 40;
+            for i in 0..n {
+                let req = BindingRequest::default().encode(&id(i)).unwrap();
+                c.send_to(&req, rig.addr(Listener::ALL[i % 4])).unwrap();
+            }
+            let stats = rig.stats.clone();
+            eventually("every request answered or limited", || {
+                stats.answered.load(Ordering::Relaxed) + stats.rate_limited.load(Ordering::Relaxed)
+                    == n as u64
+            });
+            // Everything answered is queued on the client by now.
+            c.set_nonblocking(true).unwrap();
+            let got = collect(&c, n);
+            assert!(
+                (6..=7).contains(&got.len()),
+                "{io:?}: {} answers over four listeners with burst 6",
+                got.len()
+            );
+            assert_eq!(stats.answered.load(Ordering::Relaxed), got.len() as u64);
+            rig.stop();
         }
     }
 

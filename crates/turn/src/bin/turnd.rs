@@ -41,6 +41,32 @@ fn main() -> ExitCode {
         builder.init();
     }
 
+    // Signals are registered before the server runs: registering needs file descriptors, and
+    // once clients connect there may be none left (a failed registration used to end turnd).
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("turnd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _runtime = rt.enter();
+        signal(SignalKind::interrupt()).and_then(|i| Ok((i, signal(SignalKind::terminate())?)))
+    };
+    let (mut interrupt, mut terminate) = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register signal handlers");
+            eprintln!("turnd: cannot register signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+
     let server = match turn::server::spawn(cfg.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -59,6 +85,7 @@ fn main() -> ExitCode {
         rfc5780 = cfg.responder.alternate.is_some(),
         rate_limit = cfg.rate_limit,
         rate_burst = cfg.rate_burst,
+        max_tcp_per_source = cfg.max_tcp_per_source,
         "ready"
     );
     // One machine-readable line on stdout, for scripts and tests that asked for port 0.
@@ -69,21 +96,10 @@ fn main() -> ExitCode {
         .collect();
     println!("turnd ready {}", list.join(" "));
 
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("turnd: {e}");
-            return ExitCode::from(1);
-        }
-    };
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
     });
     let s = server.stats();
@@ -94,6 +110,7 @@ fn main() -> ExitCode {
         errors = s.errors.load(Relaxed),
         dropped = s.dropped.load(Relaxed),
         rate_limited = s.rate_limited.load(Relaxed),
+        tcp_refused = s.tcp_refused.load(Relaxed),
         "shutting down"
     );
     server.shutdown();
