@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Binding requests per second answered by turnd and by coturn's turnserver, measured in the same
-# run with the same load generator (stunload), and their ratio (goal: turnd >= 2x coturn).
+# run with the same load generator (stunload), and their ratio (goal: turnd >= 2x coturn); and,
+# from the same runs, each server's CPU time per answered request, and that ratio (coturn's CPU
+# per answer / turnd's: how many times cheaper turnd answers).
 #
 # Usage: scripts/bench_binding.sh [options]
 #   --quick            CI smoke mode: 1 round of 1 s per server; the ratio is printed, never
@@ -10,6 +12,12 @@
 #   --duration S       measured seconds per server per round (default 4)
 #   --warmup S         warm-up seconds before each measurement, not counted (default 1)
 #   --threads N        server threads: turnd --workers N, coturn -m N (default: cores)
+#   --shape SHAPE      the load's shape, a preset of --sockets and --window:
+#                        pipelined      32 sockets x 32 requests in flight (the default)
+#                        one-in-flight  64 sockets x 1 request in flight (a reply per socket
+#                                       at a time: nothing for GSO to coalesce, and the load
+#                                       generator takes a much larger share of the CPU)
+#                      --sockets / --window, given as well, override the preset's value
 #   --sockets N        stunload sockets, i.e. client source ports (default 32: enough flows
 #                      for SO_REUSEPORT to spread them evenly over the servers' sockets; with 8
 #                      an unlucky hash leaves one thread with most of the load)
@@ -45,6 +53,31 @@
 # socket has --window requests in flight; with --window 1 nothing coalesces. --variants shows
 # what turnd does without GSO (and without batching) on the same load.
 #
+# Two metrics. Throughput (requests/s answered) depends on the load's shape: the load generator
+# shares the cores with the server (2 here), and the fewer requests each of its system calls
+# carries (--window 1), the more CPU it takes from the server. CPU time per answer leaves that
+# share out: for each measurement the script reads the server process's utime + stime (all
+# its threads; /proc/PID/stat, in clock ticks, getconf CLK_TCK) just before and just after the
+# stunload run and divides the difference by the answers stunload received in that whole run
+# (warm-up included: stunload --json's total_responses), i.e. the CPU time the server spent per
+# request it answered, in microseconds. It counts the kernel's work done on the server's behalf
+# (system calls, and loopback delivery of its replies, which runs in the sending thread), not
+# the load generator's. Without load both servers are all but idle (about 0.1 tick per second
+# each, measured: under 0.1% of a run's count). stunload's own CPU per answer is printed too.
+#
+# CPU per answer is not independent of the shape either, where the server's own work depends
+# on it: with one request in flight per socket, nothing batches or coalesces, so each datagram
+# costs turnd a wake-up and its own system calls. Measured (2 cores shared with other work,
+# load average 2-5; medians of 3-5 rounds, several runs):
+#   pipelined      turnd 1.25-1.36 us, coturn 6.2-6.7 us per answer (coturn/turnd 4.9x);
+#                  stunload 1.2 us per answer from turnd, 2.6-2.9 us from coturn
+#   one-in-flight  turnd 5.0-5.5 us, coturn 7.1-8.3 us (1.4-1.5x); stunload 5.2-6.2 us
+# With the cores saturated, the throughput ratio follows the sums of server + load generator
+# CPU per answer: pipelined about (6.3 + 2.7) / (1.3 + 1.2) = 3.6 (measured 3.2-3.6x),
+# one-in-flight about (7.6 + 5.7) / (5.3 + 5.2) = 1.3 (measured 1.2-1.3x). The goal verdict
+# judges throughput; the CPU-efficiency verdict (coturn's CPU per answer >= 2x turnd's) is
+# printed beside it.
+#
 # Traffic goes to loopback only. The script stops only the processes it started, by PID, on
 # every exit path. It exits non-zero only when something fails to run (build, a server,
 # stunload); a missed goal is reported, not an error.
@@ -54,8 +87,9 @@ ROUNDS=3
 DURATION=4
 WARMUP=1
 THREADS=""
-SOCKETS=32
-WINDOW=32
+SHAPE=pipelined
+SOCKETS=""
+WINDOW=""
 LOAD_THREADS=1
 BUILD=1
 VARIANTS=0
@@ -75,6 +109,7 @@ while [ $# -gt 0 ]; do
   --duration) DURATION="${2:?}"; shift ;;
   --warmup) WARMUP="${2:?}"; shift ;;
   --threads) THREADS="${2:?}"; shift ;;
+  --shape) SHAPE="${2:?}"; shift ;;
   --sockets) SOCKETS="${2:?}"; shift ;;
   --window) WINDOW="${2:?}"; shift ;;
   --load-threads) LOAD_THREADS="${2:?}"; shift ;;
@@ -89,6 +124,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+case "$SHAPE" in
+pipelined) SOCKETS=${SOCKETS:-32} WINDOW=${WINDOW:-32} ;;
+one-in-flight) SOCKETS=${SOCKETS:-64} WINDOW=${WINDOW:-1} ;;
+*) die "unknown --shape $SHAPE (pipelined or one-in-flight)" ;;
+esac
 if [ "$QUICK" = 1 ]; then
   ROUNDS=1
   DURATION=1
@@ -201,6 +241,7 @@ free_pair() {
 }
 
 declare -A PORT
+declare -A SPID # name -> the server's PID (the process itself: started with exec semantics)
 NAMES=()
 
 # start_turnd NAME IO: a turnd with --udp-io IO (gso: the default; batch; simple).
@@ -215,6 +256,7 @@ start_turnd() {
   PIDS+=($!)
   wait_ready "$port" "${PIDS[-1]}" "$name"
   PORT[$name]=$port
+  SPID[$name]=${PIDS[-1]}
   NAMES+=("$name")
 }
 
@@ -234,6 +276,7 @@ start_coturn() {
   wait_ready "$port" "${PIDS[-1]}" coturn
   echo "== coturn version: $("$TURNSERVER" --version 2>/dev/null | head -n 1 || echo '?')"
   PORT[coturn]=$port
+  SPID[coturn]=${PIDS[-1]}
   NAMES+=(coturn)
 }
 
@@ -246,24 +289,90 @@ fi
 
 LOAD_ARGS=(--duration "$DURATION" --warmup "$WARMUP" --sockets "$SOCKETS" --window "$WINDOW"
   --threads "$LOAD_THREADS")
-echo "== stunload ${LOAD_ARGS[*]} (1 socket = 1 source port; closed loop)"
-echo "== machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?')"
+loadavg() { cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo '?'; }
+echo "== shape $SHAPE: stunload ${LOAD_ARGS[*]} (1 socket = 1 source port; closed loop)"
+echo "== machine: $(nproc) cores, load average $(loadavg)"
 
-# measure NAME: sets RPS to the responses per second and prints stunload's line. stunload runs
-# in the background and is waited for, so a signal stops the run at once (the trap ends it too).
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || true)
+[[ "$CLK_TCK" =~ ^[1-9][0-9]*$ ]] || die "cannot read the clock tick rate (getconf CLK_TCK)"
+
+# cpu_ticks PID: utime + stime of process PID, all its threads (the process totals of
+# /proc/PID/stat, fields 14 and 15, in clock ticks). Field 2, the command name, is in
+# parentheses and may hold spaces: the fields are counted from the last ')'.
+cpu_ticks() {
+  local stat f
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  read -r -a f <<<"${stat##*) }"
+  # f[0] is field 3 (state): utime is f[11], stime f[12].
+  [[ "${f[11]:-}" =~ ^[0-9]+$ && "${f[12]:-}" =~ ^[0-9]+$ ]] || return 1
+  echo $((f[11] + f[12]))
+}
+
+# children_cpu FILE: user + system seconds of this shell's reaped children, from the output of
+# the builtin `times` (second line, "XmY.YYYs XmY.YYYs"; the decimal mark follows the locale).
+children_cpu() {
+  awk 'NR == 2 { gsub(",", "."); s = 0
+    for (i = 1; i <= 2; i++) { split($i, a, "m"); s += a[1] * 60 + a[2] }
+    printf "%.3f", s }' "$1"
+}
+
+# jget KEY JSON: the value of a scalar KEY in stunload's flat JSON object (strings unquoted).
+jget() {
+  sed -n "s/.*\"$1\":\(\"[^\"]*\"\|[^,}]*\).*/\1/p" <<<"$2" | tr -d '"'
+}
+
+# measure NAME: sets RPS to the responses per second, CPU_US to the server's CPU microseconds
+# per answer, LOAD_US to stunload's own, and prints stunload's result line, then the CPU
+# figures. stunload runs in the background and is waited for, so a signal stops the run at
+# once (the trap ends it too). stunload's CPU time: the shell's children's times (builtin
+# `times`, redirected, so no subshell) before and after it is reaped; it is the only child
+# reaped in between.
 measure() {
-  local name=$1 line pid status=0
-  "$BIN/stunload" --target "127.0.0.1:${PORT[$name]}" --label "$name" "${LOAD_ARGS[@]}" \
-    >"$WORK/stunload.out" 2>&1 &
+  local name=$1 spid=${SPID[$1]} json pid status=0 c0 c1 answers attrs k lg
+  local -A v
+  c0=$(cpu_ticks "$spid") || die "$name (pid $spid) is gone before its run"
+  times >"$WORK/times0"
+  "$BIN/stunload" --json --target "127.0.0.1:${PORT[$name]}" --label "$name" "${LOAD_ARGS[@]}" \
+    >"$WORK/stunload.out" 2>"$WORK/stunload.err" &
   pid=$!
   PIDS+=("$pid")
   wait "$pid" || status=$?
+  times >"$WORK/times1"
   unset 'PIDS[-1]'
-  line=$(cat "$WORK/stunload.out")
-  [ "$status" = 0 ] || die "stunload against $name failed (exit $status): $line"
-  echo "   $line"
-  RPS=$(sed -n 's/.* rps=\([0-9]*\).*/\1/p' <<<"$line")
-  [ -n "$RPS" ] || die "cannot read stunload's result line: $line"
+  c1=$(cpu_ticks "$spid") || die "$name (pid $spid) exited during its run
+$(tail -n 20 "$WORK/$name.log" 2>/dev/null)"
+  # A server that died (and was reaped) meanwhile would count in the children's times.
+  for k in "${NAMES[@]}"; do
+    kill -0 "${SPID[$k]}" 2>/dev/null || die "$k (pid ${SPID[$k]}) exited
+$(tail -n 20 "$WORK/$k.log" 2>/dev/null)"
+  done
+  json=$(cat "$WORK/stunload.out")
+  [ "$status" = 0 ] ||
+    die "stunload against $name failed (exit $status): $json $(cat "$WORK/stunload.err")"
+  for k in label target responses_per_sec responses seconds sent timeouts error_responses \
+    invalid late socket_errors sockets window threads request_bytes gso response_bytes \
+    total_responses; do
+    v[$k]=$(jget "$k" "$json")
+  done
+  attrs=$(sed -n 's/.*"response_attributes":\[\([^]]*\)\].*/\1/p' <<<"$json" | tr -d '"')
+  answers=${v[total_responses]}
+  [[ "$answers" =~ ^[1-9][0-9]*$ && -n "${v[responses_per_sec]}" ]] ||
+    die "cannot read stunload's JSON result: $json"
+  RPS=$(awk -v x="${v[responses_per_sec]}" 'BEGIN { printf "%.0f", x }')
+  CPU_US=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v n="$answers" \
+    'BEGIN { printf "%.3f", t / hz * 1e6 / n }')
+  lg=$(awk -v a="$(children_cpu "$WORK/times0")" -v b="$(children_cpu "$WORK/times1")" \
+    'BEGIN { printf "%.3f", b - a }')
+  LOAD_US=$(awk -v s="$lg" -v n="$answers" 'BEGIN { printf "%.3f", s * 1e6 / n }')
+  # stunload's own text line (what it prints without --json), then the CPU figures.
+  echo "   stunload label=${v[label]} target=${v[target]} rps=$RPS responses=${v[responses]}" \
+    "secs=$(awk -v x="${v[seconds]}" 'BEGIN { printf "%.2f", x }') sent=${v[sent]}" \
+    "timeouts=${v[timeouts]} errors=${v[error_responses]} invalid=${v[invalid]}" \
+    "late=${v[late]} socket_errors=${v[socket_errors]} sockets=${v[sockets]}" \
+    "window=${v[window]} threads=${v[threads]} request_bytes=${v[request_bytes]}" \
+    "gso=${v[gso]} response_bytes=${v[response_bytes]} attrs=$attrs"
+  echo "   $name cpu: $((c1 - c0)) ticks (1/$CLK_TCK s) for $answers answers (whole run," \
+    "warm-up included) = $CPU_US us per answer; stunload's: $lg s = $LOAD_US us per answer"
 }
 
 # median FORMAT: the median of the whitespace-separated numbers on stdin.
@@ -280,7 +389,11 @@ ratio() {
 
 declare -A ALL     # name -> "rps rps ..."
 declare -A ROUND   # "name,r" -> rps
-RATIOS=""          # per-round turnd/coturn
+declare -A CPU_ALL # name -> "us us ..." (server CPU microseconds per answer)
+declare -A CPU_ROUND # "name,r" -> us
+declare -A LOAD_ALL  # name -> "us us ..." (stunload's CPU microseconds per answer)
+RATIOS=""          # per-round turnd/coturn (throughput)
+CPU_RATIOS=""      # per-round coturn/turnd (CPU per answer)
 N=${#NAMES[@]}
 for r in $(seq 1 "$ROUNDS"); do
   echo "-- round $r/$ROUNDS"
@@ -291,9 +404,13 @@ for r in $(seq 1 "$ROUNDS"); do
     v=$RPS
     ROUND["$name,$r"]=$v
     ALL[$name]="${ALL[$name]:-} $v"
+    CPU_ROUND["$name,$r"]=$CPU_US
+    CPU_ALL[$name]="${CPU_ALL[$name]:-} $CPU_US"
+    LOAD_ALL[$name]="${LOAD_ALL[$name]:-} $LOAD_US"
   done
   if [ "$HAVE_COTURN" = 1 ]; then
     RATIOS="$RATIOS $(ratio "${ROUND[turnd,$r]}" "${ROUND[coturn,$r]}")"
+    CPU_RATIOS="$CPU_RATIOS $(ratio "${CPU_ROUND[coturn,$r]}" "${CPU_ROUND[turnd,$r]}")"
   fi
 done
 
@@ -322,29 +439,80 @@ fi
 echo
 echo "(requests/s answered: valid Binding success responses matched by transaction ID)"
 
-if [ "$HAVE_COTURN" = 1 ]; then
+echo
+printf '%-7s' round
+for name in "${NAMES[@]}"; do printf ' %14s' "$name"; done
+[ "$HAVE_COTURN" = 1 ] && printf ' %14s' coturn/turnd
+echo
+for r in $(seq 1 "$ROUNDS"); do
+  printf '%-7s' "$r"
+  for name in "${NAMES[@]}"; do printf ' %14s' "${CPU_ROUND[$name,$r]}"; done
+  [ "$HAVE_COTURN" = 1 ] &&
+    printf ' %14s' "$(ratio "${CPU_ROUND[coturn,$r]}" "${CPU_ROUND[turnd,$r]}")"
   echo
+done
+declare -A CPU_MED
+printf '%-7s' median
+for name in "${NAMES[@]}"; do
+  CPU_MED[$name]=$(median %.3f <<<"${CPU_ALL[$name]}")
+  printf ' %14s' "${CPU_MED[$name]}"
+done
+CPU_RATIO=""
+if [ "$HAVE_COTURN" = 1 ]; then
+  CPU_RATIO=$(ratio "${CPU_MED[coturn]}" "${CPU_MED[turnd]}")
+  printf ' %14s' "$CPU_RATIO"
+fi
+echo
+echo "(server CPU microseconds (utime + stime, all threads) per answered request; lower is better)"
+declare -A LOAD_MED
+printf '%-7s' stunload
+for name in "${NAMES[@]}"; do
+  LOAD_MED[$name]=$(median %.3f <<<"${LOAD_ALL[$name]}")
+  printf ' %14s' "${LOAD_MED[$name]}"
+done
+echo
+echo "(median CPU microseconds the load generator spent per answer from each server: its share of"
+echo " the same cores, one reason why the throughput ratio depends on the load's shape)"
+
+echo
+echo "shape $SHAPE: $SOCKETS sockets x $WINDOW in flight; load average at the end: $(loadavg)"
+if [ "$HAVE_COTURN" = 1 ]; then
   for name in "${NAMES[@]}"; do
     [ "$name" = coturn ] && continue
     echo "ratio of medians $name/coturn: $(ratio "${MED[$name]}" "${MED[coturn]}")"
   done
   echo "median of per-round turnd/coturn ratios: $(median %.2f <<<"$RATIOS")"
+  for name in "${NAMES[@]}"; do
+    [ "$name" = coturn ] && continue
+    echo "CPU per answer, ratio of medians coturn/$name: $(ratio "${CPU_MED[coturn]}" \
+      "${CPU_MED[$name]}") (${CPU_MED[coturn]} us / ${CPU_MED[$name]} us)"
+  done
+  echo "median of per-round coturn/turnd CPU-per-answer ratios: $(median %.2f <<<"$CPU_RATIOS")"
   if awk -v r="$RATIO" -v g="$GOAL" 'BEGIN { exit !(r >= g) }'; then
     echo "goal (turnd >= ${GOAL}x coturn): MET ($RATIO)"
   else
     echo "goal (turnd >= ${GOAL}x coturn): NOT MET ($RATIO)"
   fi
+  if awk -v r="$CPU_RATIO" -v g="$GOAL" 'BEGIN { exit !(r >= g) }'; then
+    echo "CPU efficiency (turnd >= ${GOAL}x cheaper per answer than coturn): MET ($CPU_RATIO)"
+  else
+    echo "CPU efficiency (turnd >= ${GOAL}x cheaper per answer than coturn): NOT MET ($CPU_RATIO)"
+  fi
 fi
 
 if [ -n "$JSON_OUT" ]; then
   {
-    printf '{"rounds":%s,"duration":%s,"threads":%s,"sockets":%s,"window":%s' \
-      "$ROUNDS" "$DURATION" "$THREADS" "$SOCKETS" "$WINDOW"
+    printf '{"rounds":%s,"duration":%s,"threads":%s,"shape":"%s","sockets":%s,"window":%s' \
+      "$ROUNDS" "$DURATION" "$THREADS" "$SHAPE" "$SOCKETS" "$WINDOW"
     for name in "${NAMES[@]}"; do
       # shellcheck disable=SC2086
       printf ',"%s":[%s],"%s_median":%s' "$name" "$(echo ${ALL[$name]} | tr ' ' ',')" \
         "$name" "${MED[$name]}"
+      # shellcheck disable=SC2086
+      printf ',"%s_cpu_us_per_answer":[%s],"%s_cpu_us_per_answer_median":%s' "$name" \
+        "$(echo ${CPU_ALL[$name]} | tr ' ' ',')" "$name" "${CPU_MED[$name]}"
+      printf ',"%s_stunload_cpu_us_per_answer_median":%s' "$name" "${LOAD_MED[$name]}"
     done
-    printf ',"ratio":%s}\n' "${RATIO:-null}"
+    printf ',"ratio":%s,"cpu_ratio":%s}\n' "${RATIO:-null}" "${CPU_RATIO:-null}"
   } >"$JSON_OUT"
 fi

@@ -10,15 +10,20 @@
 //!
 //! The firewall case routes 198.51.100.0/24 instead of the RFC 1918 network, without NAT.
 //!
-//! Needs root, `ip` (iproute2), `nft` (nftables) and `sysctl` (procps). Without them the tests
+//! One case also runs coturn's `turnserver` in S, beside turnd (same addresses, other ports),
+//! and checks that natprobe reaches the same verdict against both.
+//!
+//! Needs root, `ip` (iproute2), `nft` (nftables) and `sysctl` (procps); the coturn case also
+//! needs coturn (`turnserver`, or the binary named by `TURNSERVER`). Without them the tests
 //! print a note and pass, except under CI (`CI` set), where they fail: nothing is skipped
 //! silently there.
 
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::{Command, ExitStatus, Stdio};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -34,6 +39,10 @@ const P1: u16 = 3478;
 const P2: u16 = 3479;
 const ROUTER_PUBLIC: &str = "203.0.113.254";
 const SERVER: &str = "203.0.113.1:3478";
+// coturn, beside turnd in S: the same two addresses, the next two ports.
+const COTURN_P1: u16 = 3480;
+const COTURN_P2: u16 = 3481;
+const COTURN_SERVER: &str = "203.0.113.1:3480";
 // IPv6: a ULA inside (fd00::/8 plays RFC 1918's part), documentation space outside.
 const A1_V6: &str = "2001:db8:ff::1";
 const A2_V6: &str = "2001:db8:ff::2";
@@ -205,6 +214,51 @@ fn can_run(test: &str) -> bool {
     }
 }
 
+/// coturn's `turnserver`: `$TURNSERVER` if set, else `turnserver` from `PATH`; checked by
+/// running `turnserver --version -n` (`-n`: never read a configuration file).
+fn coturn_binary() -> Result<PathBuf, String> {
+    let bin = match std::env::var_os("TURNSERVER").filter(|v| !v.is_empty()) {
+        Some(path) => PathBuf::from(path),
+        None => std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|dir| dir.join("turnserver"))
+            .find(|p| p.is_file())
+            .ok_or("no turnserver in PATH (and TURNSERVER not set)")?,
+    };
+    let path = bin.to_string_lossy().into_owned();
+    let version =
+        try_run(&[&path, "--version", "-n"]).map_err(|e| format!("{path} does not run: {e}"))?;
+    eprintln!("coturn: {path} {}", version.trim());
+    Ok(bin)
+}
+
+/// `Some(turnserver)` when the coturn case can run; otherwise a note (or, under CI, a
+/// failure), like [`can_run`].
+fn coturn_or_skip(test: &str) -> Option<PathBuf> {
+    if !can_run(test) {
+        return None;
+    }
+    match coturn_binary() {
+        Ok(bin) => Some(bin),
+        Err(why) if in_ci() => panic!(
+            "{test}: coturn is needed, and CI must not skip this test: {why} (apt-get install \
+             coturn, or set TURNSERVER=/path/to/turnserver)"
+        ),
+        Err(why) => {
+            eprintln!("note: {test} skipped: {why} (needs coturn: apt-get install coturn)");
+            None
+        }
+    }
+}
+
+/// Whether `setpriv --pdeathsig` (util-linux) is available, to tie a helper process's life to
+/// the test's thread: then even a test process killed outright takes coturn with it.
+fn have_setpriv() -> bool {
+    static HAVE: OnceLock<bool> = OnceLock::new();
+    *HAVE.get_or_init(|| try_run(&["setpriv", "--pdeathsig", "KILL", "--", "true"]).is_ok())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The lab
 
@@ -235,11 +289,14 @@ struct Lab {
     s: String,
     created: Vec<String>,
     servers: Vec<RunningServer>,
+    coturn: Option<Coturn>,
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        // Stop the server's threads (and close its sockets) before its namespace goes.
+        // Stop the servers (coturn's process, turnd's threads, and so their sockets) before
+        // their namespace goes.
+        self.coturn = None;
         self.servers.clear();
         for ns in self.created.drain(..).rev() {
             if let Err(e) = try_run(&["ip", "netns", "del", &ns]) {
@@ -301,6 +358,63 @@ impl Probe {
     }
 }
 
+/// A coturn `turnserver` this test started: on drop, killed by its PID (through the `Child`
+/// handle: std never signals a process it has already reaped) and reaped, its scratch directory
+/// removed.
+#[derive(Debug)]
+struct Coturn {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Coturn {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("coturn.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        if let Err(e) = self.child.kill() {
+            eprintln!(
+                "warning: could not kill coturn (pid {}): {e}",
+                self.child.id()
+            );
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One STUN Binding request to `to` from a fresh socket of the calling thread's namespace;
+/// whether a Binding success response with the same transaction ID came back in `wait`.
+fn binding_answered(to: SocketAddr, wait: Duration) -> bool {
+    let Ok(sock) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) else {
+        return false;
+    };
+    let _ = sock.set_read_timeout(Some(wait));
+    let id: [u8; 12] = *b"natscope-rdy";
+    let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42];
+    req.extend_from_slice(&id);
+    if sock.send_to(&req, to).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 1500];
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) if from == to && n >= 20 => {
+                if buf[..2] == [0x01, 0x01] && buf[4..8] == req[4..8] && buf[8..20] == id {
+                    return true;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 impl Lab {
     /// Namespaces, veths, addresses and routes; forwarding on in R; no nftables rules yet.
     fn new(inside: Inside) -> Lab {
@@ -311,6 +425,7 @@ impl Lab {
             s: format!("{prefix}s"),
             created: vec![],
             servers: vec![],
+            coturn: None,
         };
         for ns in [lab.c.clone(), lab.r.clone(), lab.s.clone()] {
             run(&["ip", "netns", "add", &ns]);
@@ -401,6 +516,93 @@ impl Lab {
             .push(spawned.unwrap_or_else(|e| panic!("cannot start turnd in S: {e}")));
     }
 
+    /// coturn's `turnserver` in S on A1 and A2, ports [`COTURN_P1`] and [`COTURN_P2`] (RFC 5780:
+    /// two addresses, a main and an alternative port): UDP only, no authentication, no CLI, no
+    /// configuration file (`-n`), its files in a scratch directory. Returns once it answers a
+    /// Binding request on all four address/port pairs, sent from inside S (so nothing enters
+    /// R's conntrack table before natprobe runs).
+    fn serve_coturn(&mut self, bin: &Path) {
+        let dir = std::env::temp_dir().join(format!("{}coturn", self.s));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        let log = std::fs::File::create(dir.join("coturn.log")).unwrap();
+        let log2 = log.try_clone().unwrap();
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.s]);
+        if have_setpriv() {
+            // The kernel kills coturn if this thread goes without the guard having run.
+            cmd.args(["setpriv", "--pdeathsig", "KILL", "--"]);
+        }
+        // ip netns exec and setpriv both exec: the child's PID is turnserver's own.
+        cmd.arg(bin)
+            .args(["-n", "-L", &A1.to_string(), "-L", &A2.to_string()])
+            .arg(format!("--listening-port={COTURN_P1}"))
+            .arg(format!("--alt-listening-port={COTURN_P2}"))
+            .args(["--no-tcp", "--no-tls", "--no-dtls", "--no-cli", "--no-auth"])
+            .args([
+                "--no-tcp-relay",
+                "-m",
+                "1",
+                "--log-file=stdout",
+                "--simple-log",
+            ])
+            .arg("--pidfile")
+            .arg(dir.join("turnserver.pid"))
+            .arg("--userdb")
+            .arg(dir.join("turndb"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                panic!("cannot start coturn in S: {e}");
+            }
+        };
+        // From here on the guard kills it, whatever happens.
+        self.coturn = Some(Coturn { child, dir });
+
+        let path = format!("/run/netns/{}", self.s);
+        let targets: Vec<SocketAddr> = [A1, A2]
+            .into_iter()
+            .flat_map(|a| [COTURN_P1, COTURN_P2].map(|p| SocketAddr::new(IpAddr::V4(a), p)))
+            .collect();
+        let started = Instant::now();
+        let mut pending = targets.clone();
+        while !pending.is_empty() {
+            let coturn = self.coturn.as_mut().unwrap();
+            if let Some(status) = coturn.child.try_wait().unwrap() {
+                panic!(
+                    "coturn exited during start-up ({status}):\n{}",
+                    coturn.log()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "coturn does not answer on {pending:?} after 15 s:\n{}",
+                coturn.log()
+            );
+            let (p, to_probe) = (path.clone(), pending.clone());
+            pending = std::thread::spawn(move || -> Result<Vec<SocketAddr>, String> {
+                let ns = std::fs::File::open(&p).map_err(|e| format!("open {p}: {e}"))?;
+                setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns {p}: {e}"))?;
+                Ok(to_probe
+                    .into_iter()
+                    .filter(|&to| !binding_answered(to, Duration::from_millis(200)))
+                    .collect())
+            })
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("cannot probe coturn from S: {e}"));
+        }
+        eprintln!(
+            "[{}] coturn ready on {targets:?} after {:?}",
+            self.s,
+            started.elapsed()
+        );
+    }
+
     /// `natprobe --fast --json [extra] 203.0.113.1:3478` in C, killed after `limit`.
     fn natprobe(&self, extra: &[&str], limit: Duration) -> Probe {
         self.natprobe_to(SERVER, extra, limit)
@@ -480,8 +682,13 @@ fn masquerade(flags: &str) -> String {
 
 /// Assertions shared by every case where natprobe classified something against our server.
 fn assert_server_suitable(p: &Probe) {
+    assert_server_suitable_at(p, SERVER);
+}
+
+/// The same, against the server at `server`.
+fn assert_server_suitable_at(p: &Probe, server: &str) {
     let ctx = p.context();
-    assert_eq!(p.json["server"], SERVER, "{ctx}");
+    assert_eq!(p.json["server"], server, "{ctx}");
     assert_eq!(p.json["udp_blocked"], false, "{ctx}");
     assert_eq!(p.json["rfc5780"], true, "{ctx}");
     assert_eq!(p.json["server_check"]["status"], "suitable", "{ctx}");
@@ -549,6 +756,99 @@ fn masquerade_is_port_restricted_cone() {
         );
         assert_eq!(t["outcome"], "timeout", "{name}\n{ctx}");
     }
+}
+
+/// coturn 4.6's `turnserver`, in S beside turnd (same addresses A1 and A2, ports 3480/3481
+/// instead of 3478/3479), behind the same plain masquerade: natprobe's verdict against coturn
+/// is the one against turnd (both checked against the known answer, and against each other).
+///
+/// Both servers run at once on their own ports, and natprobe runs against turnd first, then
+/// against coturn: the conntrack entries of the first run are for ports 3478/3479 and cannot
+/// let a packet from 3480/3481 in, so the second run's filtering tests see a clean NAT.
+#[test]
+fn coturn_behind_masquerade_agrees_with_turnd() {
+    let name = "coturn_behind_masquerade_agrees_with_turnd";
+    let Some(coturn) = coturn_or_skip(name) else {
+        return;
+    };
+    let mut lab = Lab::new(Inside::Private);
+    lab.nft(&masquerade(""));
+    lab.serve();
+    lab.serve_coturn(&coturn);
+
+    let ours = lab.classify();
+    let theirs = lab.natprobe_to(COTURN_SERVER, &[], Duration::from_secs(60));
+    let ctx = format!(
+        "--- against coturn ---\n{}\n--- against turnd ---\n{}",
+        theirs.context(),
+        ours.context()
+    );
+    assert_eq!(theirs.status.code(), Some(0), "{ctx}");
+
+    // The known answer, as in masquerade_is_port_restricted_cone, for both servers.
+    assert_server_suitable(&ours);
+    assert_server_suitable_at(&theirs, COTURN_SERVER);
+    for (p, alt) in [
+        (&ours, format!("{A2}:{P2}")),
+        (&theirs, format!("{A2}:{COTURN_P2}")),
+    ] {
+        assert_eq!(p.json["nat"], true, "{ctx}");
+        assert_eq!(p.json["mapping"], "endpoint-independent", "{ctx}");
+        assert_eq!(p.json["filtering"], "address-and-port-dependent", "{ctx}");
+        assert_eq!(p.json["legacy"], "port-restricted-cone", "{ctx}");
+        assert_eq!(p.json["rfc5780"], true, "{ctx}");
+        assert_eq!(p.json["server_check"]["status"], "suitable", "{ctx}");
+        assert_eq!(
+            ip_of(p.str("mapped")),
+            ROUTER_PUBLIC.parse::<IpAddr>().unwrap(),
+            "{ctx}"
+        );
+        let check = p.test("server-check");
+        assert_eq!(check["outcome"], "response", "{ctx}");
+        assert_eq!(check["from"], alt.as_str(), "{ctx}");
+        for t in ["filtering-II", "filtering-III"] {
+            assert_eq!(p.test(t)["outcome"], "timeout", "{t}\n{ctx}");
+        }
+    }
+
+    // And the two verdicts agree, field by field (the mapped port is the client's, and
+    // differs from run to run; its address does not).
+    for key in [
+        "nat",
+        "mapping",
+        "filtering",
+        "legacy",
+        "rfc5780",
+        "udp_blocked",
+        "port_preservation",
+        "hairpinning",
+        "binding_lifetime_s",
+        "alg_detected",
+    ] {
+        assert_eq!(ours.json[key], theirs.json[key], "{key} differs\n{ctx}");
+    }
+    for (outer, inner) in [
+        ("certainty", "mapping"),
+        ("certainty", "filtering"),
+        ("server_check", "status"),
+    ] {
+        assert_eq!(
+            ours.json[outer][inner], theirs.json[outer][inner],
+            "{outer}.{inner} differs\n{ctx}"
+        );
+    }
+    assert_eq!(
+        ip_of(ours.str("mapped")),
+        ip_of(theirs.str("mapped")),
+        "{ctx}"
+    );
+    assert_eq!(
+        ip_of(ours.str("local")),
+        ip_of(theirs.str("local")),
+        "{ctx}"
+    );
+    eprintln!("[{}] turnd:  {}", lab.c, ours.summary());
+    eprintln!("[{}] coturn: {}", lab.c, theirs.summary());
 }
 
 /// `masquerade random,fully-random`: every new conntrack entry (that is, every new destination
