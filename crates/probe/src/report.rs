@@ -152,7 +152,14 @@ pub fn render(r: &Report) -> String {
     ]);
     t.add_row(vec![
         "hairpinning".into(),
-        yes_no(r.hairpinning, "not tested"),
+        yes_no(
+            r.hairpinning,
+            if r.nat == Some(false) {
+                "n/a (no NAT)"
+            } else {
+                "not tested"
+            },
+        ),
     ]);
     t.add_row(vec![
         "port preservation".into(),
