@@ -13,7 +13,10 @@
 #![deny(unsafe_code)]
 
 pub mod binding;
+pub mod client;
 pub mod config;
+pub mod proto;
 pub mod ratelimit;
+pub mod relay;
 pub mod server;
 mod udp;

@@ -1,0 +1,2 @@
+//! RFC 4787 / RFC 5382 NAT model. Under construction.
+#![deny(unsafe_code)]

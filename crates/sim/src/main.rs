@@ -1,0 +1,2 @@
+//! `sim`: under construction.
+fn main() {}

@@ -1,0 +1,1 @@
+//! TURN client (RFC 8656): sans-IO core and tokio driver. Under construction.

@@ -1,0 +1,1 @@
+//! TURN server core (RFC 8656): allocations, permissions, channels. Under construction.
