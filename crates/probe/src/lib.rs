@@ -18,6 +18,7 @@
 #![deny(unsafe_code)]
 
 pub mod classify;
+pub mod cli;
 pub mod client;
 mod lifetime;
 pub mod report;

@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 
 pub mod binding;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod proto;
