@@ -1,0 +1,4 @@
+//! natscope simulator library: scenarios, packet fabric, runners, reports.
+#![deny(unsafe_code)]
+
+pub mod topology;
