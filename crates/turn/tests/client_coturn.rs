@@ -6,13 +6,15 @@
 
 mod client_support;
 
+use std::net::{IpAddr, Ipv6Addr};
+
 use client_support::{
-    Coturn, DataPath, PASS, TestPki, TurncEchoPeer, USER, assert_turnc_report, check_echo, tls_for,
-    turnc, turnc_json,
+    Coturn, DataPath, PASS, TestPki, TurncEchoPeer, USER, assert_turnc_report, check_echo,
+    check_echo_family, tls_for, turnc, turnc_json,
 };
 use turn::client::Transport;
 use turn::client::driver::{DriverError, TurnClient};
-use turn::client::{ClientError, Config};
+use turn::client::{AddressFamily, ClientError, Config};
 
 #[tokio::test]
 async fn udp_and_tcp_channels_and_send_indications_echo() {
@@ -26,6 +28,33 @@ async fn udp_and_tcp_channels_and_send_indications_echo() {
             assert_eq!(r.mapped, Some(r.local), "{transport:?} {path:?}");
             assert_eq!(r.relayed.ip(), coturn.addr.ip());
         }
+    }
+}
+
+#[tokio::test]
+async fn ipv6_relayed_address_via_requested_address_family() {
+    // RFC 8656 §7.1: REQUESTED-ADDRESS-FAMILY IPv6 over an IPv4 connection to the server.
+    let Some(coturn) = Coturn::start(None, &["--relay-ip=::1"]) else {
+        return;
+    };
+    let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+    for (transport, path) in [
+        (Transport::Udp, DataPath::Channel),
+        (Transport::Tcp, DataPath::SendIndication),
+    ] {
+        let r = check_echo_family(
+            coturn.addr,
+            transport,
+            None,
+            USER,
+            PASS,
+            path,
+            10,
+            Some(AddressFamily::V6),
+            v6,
+        )
+        .await;
+        assert_eq!(r.relayed.ip(), v6);
     }
 }
 
@@ -196,4 +225,41 @@ fn turnc_exit_statuses() {
         let args: Vec<&str> = bad.iter().map(String::as_str).collect();
         assert_eq!(turnc(&args).status.code(), Some(2), "{bad:?}");
     }
+}
+
+#[tokio::test]
+async fn stale_nonce_438_is_retried_against_coturn() {
+    // With --stale-nonce=1 coturn's nonces expire after a second and it answers 438; every
+    // request after that must be retried with the new nonce (RFC 8489 §9.2.5).
+    let Some(coturn) = Coturn::start(None, &["--stale-nonce=1"]) else {
+        return;
+    };
+    let peer = client_support::EchoPeer::start().await;
+    let config = Config::new(coturn.addr, Transport::Udp, USER, PASS);
+    let turn = TurnClient::connect(config, None, 3).await.unwrap();
+    let mut events = turn.events();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    turn.refresh().await.unwrap();
+    let refreshed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match events.recv().await.unwrap() {
+                turn::client::Event::Refreshed { lifetime } => return lifetime,
+                turn::client::Event::Failed { error, .. } => panic!("refresh failed: {error}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("a Refresh answer after the stale nonce");
+    assert!(refreshed.as_secs() > 0);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    turn.bind_channel(peer.addr).await.unwrap();
+    turn.send_to(peer.addr, b"after 438").await.unwrap();
+    let (from, data) = tokio::time::timeout(std::time::Duration::from_secs(2), turn.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((from, data.as_slice()), (peer.addr, &b"after 438"[..]));
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    turn.close().await.unwrap();
 }

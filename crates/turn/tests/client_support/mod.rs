@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use turn::client::driver::{TlsRoots, TlsSettings, TurnClient};
-use turn::client::{Config, Transport};
+use turn::client::{AddressFamily, Config, Transport};
 
 pub const USER: &str = "natscope";
 pub const PASS: &str = "s3cret-pass";
@@ -246,7 +246,11 @@ impl Drop for EchoPeer {
 
 impl EchoPeer {
     pub async fn start() -> EchoPeer {
-        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        EchoPeer::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST)).await
+    }
+
+    pub async fn start_on(ip: IpAddr) -> EchoPeer {
+        let s = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
         let addr = s.local_addr().unwrap();
         let sources = Arc::new(Mutex::new(vec![]));
         let seen = sources.clone();
@@ -297,8 +301,28 @@ pub async fn check_echo(
     path: DataPath,
     count: usize,
 ) -> EchoResult {
-    let peer = EchoPeer::start().await;
-    let config = Config::new(server, transport, user, password);
+    let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let (u, p) = (user, password);
+    check_echo_family(server, transport, tls, u, p, path, count, None, v4).await
+}
+
+/// [`check_echo`] asking for a relayed address `family` (REQUESTED-ADDRESS-FAMILY), with the
+/// echo peer on `peer_ip` (which must be of the relayed address's family).
+#[allow(clippy::too_many_arguments)]
+pub async fn check_echo_family(
+    server: SocketAddr,
+    transport: Transport,
+    tls: Option<TlsSettings>,
+    user: &str,
+    password: &str,
+    path: DataPath,
+    count: usize,
+    family: Option<AddressFamily>,
+    peer_ip: IpAddr,
+) -> EchoResult {
+    let peer = EchoPeer::start_on(peer_ip).await;
+    let mut config = Config::new(server, transport, user, password);
+    config.family = family;
     let turn = TurnClient::connect(config, tls, 42)
         .await
         .unwrap_or_else(|e| panic!("allocation on {server} over {transport:?} failed: {e}"));
