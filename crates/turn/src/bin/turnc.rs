@@ -526,3 +526,17 @@ async fn echo_peer(listen: SocketAddr) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<Duration> = (1..=20).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&v, 0.5), Duration::from_millis(10));
+        assert_eq!(percentile(&v, 0.95), Duration::from_millis(19));
+        assert_eq!(percentile(&v[..1], 0.95), Duration::from_millis(1));
+        assert_eq!(ms(Duration::from_micros(1234)), 1.234);
+    }
+}
