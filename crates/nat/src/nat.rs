@@ -655,11 +655,10 @@ impl Nat {
     }
 
     fn create(&mut self, now: Instant, key: MapKey) -> Result<u64, DropReason> {
+        // Expired mappings give back their slots and ports before a new one is made.
+        self.handle_timeout(now);
         if self.mappings.len() >= self.config.max_mappings {
-            self.handle_timeout(now);
-            if self.mappings.len() >= self.config.max_mappings {
-                return Err(DropReason::TableFull);
-            }
+            return Err(DropReason::TableFull);
         }
         let external = if self.config.mode == Mode::Nat {
             self.allocate(key.proto, key.internal)?
