@@ -29,19 +29,43 @@ fn lab(seed: u64) -> Lab {
     let carrier = net.add_network("carrier");
     let h1 = net.add_network("home1");
     let h2 = net.add_network("home2");
-    let server = net.add_host("server", internet, ip("198.51.100.1")).unwrap();
+    let server = net
+        .add_host("server", internet, ip("198.51.100.1"))
+        .unwrap();
     net.add_address(server, ip("198.51.100.2")).unwrap();
     let cgn = net
-        .add_nat("cgn", NatConfig::preset("cgnat", vec![ip("203.0.113.1")]).unwrap(), carrier, internet)
+        .add_nat(
+            "cgn",
+            NatConfig::preset("cgnat", vec![ip("203.0.113.1")]).unwrap(),
+            carrier,
+            internet,
+        )
         .unwrap();
     let home1 = net
-        .add_nat("home1", NatConfig::preset("port-restricted-cone", vec![ip("100.64.0.2")]).unwrap(), h1, carrier)
+        .add_nat(
+            "home1",
+            NatConfig::preset("port-restricted-cone", vec![ip("100.64.0.2")]).unwrap(),
+            h1,
+            carrier,
+        )
         .unwrap();
-    net.add_nat("home2", NatConfig::preset("port-restricted-cone", vec![ip("100.64.0.3")]).unwrap(), h2, carrier)
-        .unwrap();
+    net.add_nat(
+        "home2",
+        NatConfig::preset("port-restricted-cone", vec![ip("100.64.0.3")]).unwrap(),
+        h2,
+        carrier,
+    )
+    .unwrap();
     let alice = net.add_host("alice", h1, ip("192.168.1.2")).unwrap();
     let bob = net.add_host("bob", h2, ip("192.168.1.2")).unwrap();
-    Lab { net, server, alice, bob, cgn, home1 }
+    Lab {
+        net,
+        server,
+        alice,
+        bob,
+        cgn,
+        home1,
+    }
 }
 
 /// Drive the network; the server answers every datagram with the source it saw (like a
@@ -54,7 +78,14 @@ fn run(net: &mut Net, clock: &mut Clock, server: HostId) -> Vec<Delivery> {
         steps += 1;
         assert!(steps < 10_000, "network does not settle");
         if d.host == server {
-            net.send_from(clock.now(), server, d.to, d.from, d.from.to_string().into_bytes()).unwrap();
+            net.send_from(
+                clock.now(),
+                server,
+                d.to,
+                d.from,
+                d.from.to_string().into_bytes(),
+            )
+            .unwrap();
         } else {
             out.push(d);
         }
@@ -62,13 +93,29 @@ fn run(net: &mut Net, clock: &mut Clock, server: HostId) -> Vec<Delivery> {
     out
 }
 
-fn srflx(net: &mut Net, clock: &mut Clock, lab_server: HostId, host: HostId, local: SocketAddrV4) -> SocketAddrV4 {
-    net.send_from(clock.now(), host, local, sa("198.51.100.1:3478"), b"binding".to_vec()).unwrap();
+fn srflx(
+    net: &mut Net,
+    clock: &mut Clock,
+    lab_server: HostId,
+    host: HostId,
+    local: SocketAddrV4,
+) -> SocketAddrV4 {
+    net.send_from(
+        clock.now(),
+        host,
+        local,
+        sa("198.51.100.1:3478"),
+        b"binding".to_vec(),
+    )
+    .unwrap();
     let got = run(net, clock, lab_server);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].host, host);
     assert_eq!(got[0].from, sa("198.51.100.1:3478"));
-    String::from_utf8(got[0].payload.clone()).unwrap().parse().unwrap()
+    String::from_utf8(got[0].payload.clone())
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
@@ -81,24 +128,50 @@ fn double_nat_shows_the_outermost_mapping() {
     // The home NAT preserved the port; the CGN mapped 100.64.0.2:4000 to `mapped`.
     let home: Vec<_> = l.net.nat(l.home1).unwrap().mappings().collect();
     assert_eq!(home.len(), 1);
-    assert_eq!((home[0].internal, home[0].external), (local, sa("100.64.0.2:4000")));
+    assert_eq!(
+        (home[0].internal, home[0].external),
+        (local, sa("100.64.0.2:4000"))
+    );
     let cgn: Vec<_> = l.net.nat(l.cgn).unwrap().mappings().collect();
     assert_eq!(cgn.len(), 1);
-    assert_eq!((cgn[0].internal, cgn[0].external, cgn[0].protocol), (sa("100.64.0.2:4000"), mapped, Protocol::Udp));
+    assert_eq!(
+        (cgn[0].internal, cgn[0].external, cgn[0].protocol),
+        (sa("100.64.0.2:4000"), mapped, Protocol::Udp)
+    );
     // EIM at both levels: the alternate address sees the same mapping (RFC 5780 test II).
-    l.net.send_from(clock.now(), l.alice, local, sa("198.51.100.2:3479"), b"binding".to_vec()).unwrap();
+    l.net
+        .send_from(
+            clock.now(),
+            l.alice,
+            local,
+            sa("198.51.100.2:3479"),
+            b"binding".to_vec(),
+        )
+        .unwrap();
     let got = run(&mut l.net, &mut clock, l.server);
-    assert_eq!(String::from_utf8(got[0].payload.clone()).unwrap(), mapped.to_string());
+    assert_eq!(
+        String::from_utf8(got[0].payload.clone()).unwrap(),
+        mapped.to_string()
+    );
     // APDF at the CGN: the alternate address cannot reach a mapping that never sent to it.
     let bob_mapped = srflx(&mut l.net, &mut clock, l.server, l.bob, local);
-    l.net.send_from(clock.now(), l.server, sa("198.51.100.2:3478"), bob_mapped, b"unsolicited".to_vec()).unwrap();
+    l.net
+        .send_from(
+            clock.now(),
+            l.server,
+            sa("198.51.100.2:3478"),
+            bob_mapped,
+            b"unsolicited".to_vec(),
+        )
+        .unwrap();
     assert!(run(&mut l.net, &mut clock, l.server).is_empty());
     assert_eq!(l.net.stats().dropped("filtered"), 1);
     assert_eq!(l.net.stats().sent, 7);
     assert_eq!(l.net.stats().delivered, 6);
     // Same local address in two home networks: `send` cannot tell them apart.
     assert_eq!(
-        l.net.send(clock.now(), local, sa("198.51.100.1:3478"), vec![]),
+        l.net
+            .send(clock.now(), local, sa("198.51.100.1:3478"), vec![]),
         Err(NetError::AmbiguousSource(ip("192.168.1.2")))
     );
 }
@@ -116,14 +189,20 @@ fn hairpin_through_two_levels() {
     assert_eq!(a.ip(), b.ip());
     // Bob punches first: the CGN's filtering (APDF) drops it, since alice's CGN mapping has
     // not sent to bob's address yet; but bob's home NAT and CGN mapping now expect alice.
-    l.net.send_from(clock.now(), l.bob, lb, a, b"punch".to_vec()).unwrap();
+    l.net
+        .send_from(clock.now(), l.bob, lb, a, b"punch".to_vec())
+        .unwrap();
     assert!(run(&mut l.net, &mut clock, l.server).is_empty());
     assert_eq!(l.net.stats().dropped("filtered"), 1);
-    l.net.send_from(clock.now(), l.alice, la, b, b"hello bob".to_vec()).unwrap();
+    l.net
+        .send_from(clock.now(), l.alice, la, b, b"hello bob".to_vec())
+        .unwrap();
     let got = run(&mut l.net, &mut clock, l.server);
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].host, got[0].to, got[0].from), (l.bob, lb, a));
-    l.net.send_from(clock.now(), l.bob, lb, a, b"hello alice".to_vec()).unwrap();
+    l.net
+        .send_from(clock.now(), l.bob, lb, a, b"hello alice".to_vec())
+        .unwrap();
     let got = run(&mut l.net, &mut clock, l.server);
     assert_eq!((got[0].host, got[0].to, got[0].from), (l.alice, la, b));
     assert_eq!(l.net.nat(l.cgn).unwrap().stats().hairpinned, 2);
@@ -133,10 +212,22 @@ fn hairpin_through_two_levels() {
 fn unroutable_destinations_are_dropped() {
     let mut l = lab(3);
     let mut clock = Clock::new();
-    l.net.send_from(clock.now(), l.alice, sa("192.168.1.2:1"), sa("192.0.2.99:1"), vec![1]).unwrap();
+    l.net
+        .send_from(
+            clock.now(),
+            l.alice,
+            sa("192.168.1.2:1"),
+            sa("192.0.2.99:1"),
+            vec![1],
+        )
+        .unwrap();
     assert!(run(&mut l.net, &mut clock, l.server).is_empty());
     assert_eq!(l.net.stats().dropped("no-route"), 1);
-    assert_eq!(l.net.send(clock.now(), sa("10.9.9.9:1"), sa("192.0.2.99:1"), vec![]), Err(NetError::UnknownSource(ip("10.9.9.9"))));
+    assert_eq!(
+        l.net
+            .send(clock.now(), sa("10.9.9.9:1"), sa("192.0.2.99:1"), vec![]),
+        Err(NetError::UnknownSource(ip("10.9.9.9")))
+    );
 }
 
 /// A firewall box (no translation) between a public host and the Internet.
@@ -145,15 +236,37 @@ fn firewall_box_filters_without_translating() {
     let mut net = Net::new(4);
     let internet = net.add_network("internet");
     let dmz = net.add_network("dmz");
-    let server = net.add_host("server", internet, ip("198.51.100.1")).unwrap();
+    let server = net
+        .add_host("server", internet, ip("198.51.100.1"))
+        .unwrap();
     let h = net.add_host("h", dmz, ip("203.0.113.50")).unwrap();
-    net.add_nat("fw", NatConfig::preset("firewall", vec![]).unwrap(), dmz, internet).unwrap();
+    net.add_nat(
+        "fw",
+        NatConfig::preset("firewall", vec![]).unwrap(),
+        dmz,
+        internet,
+    )
+    .unwrap();
     let mut clock = Clock::new();
-    net.send_from(clock.now(), h, sa("203.0.113.50:7"), sa("198.51.100.1:3478"), b"x".to_vec()).unwrap();
+    net.send_from(
+        clock.now(),
+        h,
+        sa("203.0.113.50:7"),
+        sa("198.51.100.1:3478"),
+        b"x".to_vec(),
+    )
+    .unwrap();
     let got = run(&mut net, &mut clock, server);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload, b"203.0.113.50:7");
-    net.send_from(clock.now(), server, sa("198.51.100.1:9"), sa("203.0.113.50:7"), b"x".to_vec()).unwrap();
+    net.send_from(
+        clock.now(),
+        server,
+        sa("198.51.100.1:9"),
+        sa("203.0.113.50:7"),
+        b"x".to_vec(),
+    )
+    .unwrap();
     assert!(run(&mut net, &mut clock, server).is_empty());
     assert_eq!(net.stats().dropped("filtered"), 1);
 }
@@ -172,7 +285,15 @@ fn impaired_trace(seed: u64) -> (Vec<(Duration, u32)>, nat::net::NetStats) {
     let start = clock.now();
     let local = sa("192.168.1.2:4000");
     for i in 0..200u32 {
-        l.net.send_from(clock.now(), l.alice, local, sa("198.51.100.1:3478"), i.to_be_bytes().to_vec()).unwrap();
+        l.net
+            .send_from(
+                clock.now(),
+                l.alice,
+                local,
+                sa("198.51.100.1:3478"),
+                i.to_be_bytes().to_vec(),
+            )
+            .unwrap();
         clock.advance(Duration::from_millis(1));
     }
     let mut trace = Vec::new();
@@ -205,5 +326,8 @@ fn impairments_are_seeded_and_deterministic() {
         assert!(delay <= Duration::from_millis(3 * 36), "#{i} {delay:?}");
     }
     let reordered = a.windows(2).filter(|w| w[1].1 < w[0].1).count();
-    assert!(reordered > 0, "jitter and reordering must reorder some datagrams");
+    assert!(
+        reordered > 0,
+        "jitter and reordering must reorder some datagrams"
+    );
 }

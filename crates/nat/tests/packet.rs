@@ -39,7 +39,10 @@ fn udp_both_ways_with_valid_checksums() {
     assert_checksums(&r);
 
     let mut other = udp(sa("198.51.100.1:3479"), sa(EXT), b"x");
-    assert_eq!(n.process(now, Side::Outside, &mut other), Err(DropReason::Filtered));
+    assert_eq!(
+        n.process(now, Side::Outside, &mut other),
+        Err(DropReason::Filtered)
+    );
     assert_eq!(n.stats().dropped(DropReason::Filtered), 1);
     assert_eq!(n.stats().outbound, 1);
     assert_eq!(n.stats().inbound, 1);
@@ -52,7 +55,11 @@ fn udp_without_checksum_keeps_zero_and_ip_options_are_respected() {
     let mut p = udp_opts(sa(HOST), sa(SERVER), b"abc", 8, false);
     assert_eq!(n.process(now, Side::Inside, &mut p), Ok(Side::Outside));
     assert_eq!(endpoints(&p), (sa(EXT), sa(SERVER)));
-    assert_eq!(&p[28 + 6..28 + 8], &[0, 0], "UDP checksum 0 means none (RFC 768)");
+    assert_eq!(
+        &p[28 + 6..28 + 8],
+        &[0, 0],
+        "UDP checksum 0 means none (RFC 768)"
+    );
     assert_checksums(&p);
     let mut p = udp_opts(sa(HOST), sa(SERVER), b"abcd", 4, true);
     n.process(now, Side::Inside, &mut p).unwrap();
@@ -87,10 +94,16 @@ fn tcp_handshake_translated_with_valid_checksums() {
     n.process(now, Side::Inside, &mut data).unwrap();
     assert_checksums(&data);
     // Established: the 2 h 4 min timeout applies.
-    assert_eq!(n.poll_timeout(), Some(now + std::time::Duration::from_secs(124 * 60)));
+    assert_eq!(
+        n.poll_timeout(),
+        Some(now + std::time::Duration::from_secs(124 * 60))
+    );
     // An unsolicited SYN from elsewhere is silently dropped (RFC 5382 REQ-4).
     let mut stray = tcp(sa("198.51.100.66:80"), sa(EXT), 0x02, b"");
-    assert_eq!(n.process(now, Side::Outside, &mut stray), Err(DropReason::Filtered));
+    assert_eq!(
+        n.process(now, Side::Outside, &mut stray),
+        Err(DropReason::Filtered)
+    );
 }
 
 #[test]
@@ -101,7 +114,11 @@ fn icmp_echo_identifier_is_translated() {
     assert_eq!(n.process(now, Side::Inside, &mut req), Ok(Side::Outside));
     assert_checksums(&req);
     let (src, dst) = endpoints(&req);
-    assert_eq!(src, sa("203.0.113.1:1911"), "identifier preserved like a port");
+    assert_eq!(
+        src,
+        sa("203.0.113.1:1911"),
+        "identifier preserved like a port"
+    );
     assert_eq!(*dst.ip(), ip("198.51.100.1"));
     let mut rep = icmp_echo(ip("198.51.100.1"), ip("203.0.113.1"), 0, src.port(), 1);
     assert_eq!(n.process(now, Side::Outside, &mut rep), Ok(Side::Inside));
@@ -109,10 +126,16 @@ fn icmp_echo_identifier_is_translated() {
     assert_eq!(endpoints(&rep).1, sa("192.168.1.2:1911"));
     // A reply from a host we did not ping is filtered (APDF with remote port 0).
     let mut stray = icmp_echo(ip("198.51.100.2"), ip("203.0.113.1"), 0, src.port(), 1);
-    assert_eq!(n.process(now, Side::Outside, &mut stray), Err(DropReason::Filtered));
+    assert_eq!(
+        n.process(now, Side::Outside, &mut stray),
+        Err(DropReason::Filtered)
+    );
     // Echo requests to the NAT itself are not answered.
     let mut ping_us = icmp_echo(ip("198.51.100.2"), ip("203.0.113.1"), 8, 1, 1);
-    assert_eq!(n.process(now, Side::Outside, &mut ping_us), Err(DropReason::IcmpUnsupported));
+    assert_eq!(
+        n.process(now, Side::Outside, &mut ping_us),
+        Err(DropReason::IcmpUnsupported)
+    );
 }
 
 /// RFC 5508 §4 in spirit: a destination-unreachable about our outbound UDP comes back to the
@@ -174,17 +197,35 @@ fn icmp_errors_need_a_matching_session() {
     let mut fake = udp(sa(EXT), sa("198.51.100.77:1"), b"x");
     let _ = &mut fake;
     let mut err = icmp_error(ip("198.51.100.77"), ip("203.0.113.1"), 3, 3, &fake);
-    assert_eq!(n.process(now, Side::Outside, &mut err), Err(DropReason::Filtered));
+    assert_eq!(
+        n.process(now, Side::Outside, &mut err),
+        Err(DropReason::Filtered)
+    );
     // About an external port with no mapping.
     let fake = udp(sa("203.0.113.1:9"), sa(SERVER), b"x");
     let mut err = icmp_error(ip("198.51.100.1"), ip("203.0.113.1"), 3, 3, &fake);
-    assert_eq!(n.process(now, Side::Outside, &mut err), Err(DropReason::NoMapping));
+    assert_eq!(
+        n.process(now, Side::Outside, &mut err),
+        Err(DropReason::NoMapping)
+    );
     // Addressed to someone other than the quoted source.
-    let mut err = icmp_error(ip("198.51.100.1"), ip("203.0.113.1"), 3, 3, &udp(sa("203.0.113.2:5000"), sa(SERVER), b""));
-    assert_eq!(n.process(now, Side::Outside, &mut err), Err(DropReason::NotForUs));
+    let mut err = icmp_error(
+        ip("198.51.100.1"),
+        ip("203.0.113.1"),
+        3,
+        3,
+        &udp(sa("203.0.113.2:5000"), sa(SERVER), b""),
+    );
+    assert_eq!(
+        n.process(now, Side::Outside, &mut err),
+        Err(DropReason::NotForUs)
+    );
     // Quote too short to hold the ports.
     let mut err = icmp_error(ip("198.51.100.1"), ip("203.0.113.1"), 3, 3, &out[..24]);
-    assert_eq!(n.process(now, Side::Outside, &mut err), Err(DropReason::Malformed));
+    assert_eq!(
+        n.process(now, Side::Outside, &mut err),
+        Err(DropReason::Malformed)
+    );
 }
 
 /// An internal host's port-unreachable about an inbound packet goes out with the external
@@ -197,12 +238,19 @@ fn icmp_error_from_inside_is_translated_outward() {
     n.process(now, Side::Inside, &mut out).unwrap();
     let inbound = udp(sa("198.51.100.9:777"), sa(EXT), b"unsolicited but EIF");
     let mut delivered = inbound.clone();
-    assert_eq!(n.process(now, Side::Outside, &mut delivered), Ok(Side::Inside));
+    assert_eq!(
+        n.process(now, Side::Outside, &mut delivered),
+        Ok(Side::Inside)
+    );
     let mut err = icmp_error(ip("192.168.1.2"), ip("198.51.100.9"), 3, 3, &delivered);
     assert_eq!(n.process(now, Side::Inside, &mut err), Ok(Side::Outside));
     assert_checksums(&err);
     assert_eq!(&err[12..16], &ip("203.0.113.1").octets());
-    assert_eq!(&err[28..], &inbound[..], "the remote sees its own packet quoted");
+    assert_eq!(
+        &err[28..],
+        &inbound[..],
+        "the remote sees its own packet quoted"
+    );
 }
 
 #[test]
@@ -228,7 +276,9 @@ fn malformed_packets_are_dropped_with_a_reason() {
         let ihl = usize::from(p[0] & 0xf) * 4;
         p[10] = 0;
         p[11] = 0;
-        let c = pnet_packet::ipv4::checksum(&pnet_packet::ipv4::Ipv4Packet::new(&p[..ihl.min(p.len())]).unwrap());
+        let c = pnet_packet::ipv4::checksum(
+            &pnet_packet::ipv4::Ipv4Packet::new(&p[..ihl.min(p.len())]).unwrap(),
+        );
         p[10..12].copy_from_slice(&c.to_be_bytes());
     };
     let mut cases: Vec<(&str, Vec<u8>, DropReason)> = vec![

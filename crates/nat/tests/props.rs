@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use common::{assert_checksums, endpoints, tcp, udp_opts};
-use nat::{Behavior, DropReason, Nat, NatConfig, PortAssignment, Pooling, Protocol, Side};
+use nat::{Behavior, DropReason, Nat, NatConfig, Pooling, PortAssignment, Protocol, Side};
 use proptest::prelude::*;
 
 fn behavior() -> impl Strategy<Value = Behavior> {
@@ -35,19 +35,23 @@ fn config() -> impl Strategy<Value = NatConfig> {
         any::<bool>(),
         prop_oneof![Just((1024u16, 65535u16)), Just((5000u16, 5011u16))],
     )
-        .prop_map(|(mapping, filtering, pa, parity, n_ext, pooling, refresh, range)| NatConfig {
-            mapping,
-            filtering,
-            port_assignment: pa,
-            port_parity: parity,
-            port_range: range,
-            external: (1..=n_ext as u8).map(|i| Ipv4Addr::new(203, 0, 113, i)).collect(),
-            pooling,
-            udp_timeout: Duration::from_secs(30),
-            inbound_refresh: refresh,
-            hairpinning: true,
-            ..NatConfig::default()
-        })
+        .prop_map(
+            |(mapping, filtering, pa, parity, n_ext, pooling, refresh, range)| NatConfig {
+                mapping,
+                filtering,
+                port_assignment: pa,
+                port_parity: parity,
+                port_range: range,
+                external: (1..=n_ext as u8)
+                    .map(|i| Ipv4Addr::new(203, 0, 113, i))
+                    .collect(),
+                pooling,
+                udp_timeout: Duration::from_secs(30),
+                inbound_refresh: refresh,
+                hairpinning: true,
+                ..NatConfig::default()
+            },
+        )
 }
 
 #[derive(Debug, Clone)]
@@ -70,12 +74,18 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
 
 fn internal(i: usize) -> SocketAddrV4 {
     // Three hosts, two ports each (5000 and 5001: preservation collides across hosts).
-    SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2 + (i / 2) as u8), 5000 + (i % 2) as u16)
+    SocketAddrV4::new(
+        Ipv4Addr::new(192, 168, 1, 2 + (i / 2) as u8),
+        5000 + (i % 2) as u16,
+    )
 }
 
 fn remote(i: usize) -> SocketAddrV4 {
     // Two IPs x three ports.
-    SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1 + (i / 3) as u8), 3478 + (i % 3) as u16)
+    SocketAddrV4::new(
+        Ipv4Addr::new(198, 51, 100, 1 + (i / 3) as u8),
+        3478 + (i % 3) as u16,
+    )
 }
 
 /// One mapping as RFC 4787 defines it, tracked independently of the implementation.
@@ -102,7 +112,11 @@ struct Oracle {
 }
 
 impl Oracle {
-    fn key(&self, src: SocketAddrV4, dst: SocketAddrV4) -> (SocketAddrV4, Option<Ipv4Addr>, Option<u16>) {
+    fn key(
+        &self,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    ) -> (SocketAddrV4, Option<Ipv4Addr>, Option<u16>) {
         match self.c.mapping {
             Behavior::EndpointIndependent => (src, None, None),
             Behavior::AddressDependent => (src, Some(*dst.ip()), None),
@@ -116,7 +130,10 @@ impl Oracle {
     fn permits(&self, m: &OMapping, remote: SocketAddrV4, now: Instant) -> bool {
         match self.c.filtering {
             Behavior::EndpointIndependent => true,
-            Behavior::AddressDependent => m.sent.iter().any(|(r, t)| r.ip() == remote.ip() && *t > now),
+            Behavior::AddressDependent => m
+                .sent
+                .iter()
+                .any(|(r, t)| r.ip() == remote.ip() && *t > now),
             Behavior::AddressAndPortDependent => m.sent.get(&remote).is_some_and(|t| *t > now),
         }
     }

@@ -19,7 +19,13 @@ pub(crate) fn ip(s: &str) -> Ipv4Addr {
 }
 
 /// An IPv4 header of `options_len` bytes of options (multiple of 4) around `payload`.
-pub(crate) fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, options_len: usize, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    options_len: usize,
+    payload: &[u8],
+) -> Vec<u8> {
     let ihl = 20 + options_len;
     let mut buf = vec![0u8; ihl + payload.len()];
     {
@@ -46,7 +52,13 @@ pub(crate) fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u
     udp_opts(src, dst, payload, 0, true)
 }
 
-pub(crate) fn udp_opts(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8], options_len: usize, csum: bool) -> Vec<u8> {
+pub(crate) fn udp_opts(
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    payload: &[u8],
+    options_len: usize,
+    csum: bool,
+) -> Vec<u8> {
     let mut u = vec![0u8; 8 + payload.len()];
     {
         let mut p = MutableUdpPacket::new(&mut u).unwrap();
@@ -91,7 +103,13 @@ pub(crate) fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, id: u16, seq: u16)
 }
 
 /// An ICMP error from `src` to `dst` quoting `embedded` (already cut as wanted).
-pub(crate) fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, code: u8, embedded: &[u8]) -> Vec<u8> {
+pub(crate) fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ty: u8,
+    code: u8,
+    embedded: &[u8],
+) -> Vec<u8> {
     let mut m = vec![ty, code, 0, 0, 0, 0, 0, 0];
     m.extend_from_slice(embedded);
     let c = pnet_packet::icmp::checksum(&IcmpPacket::new(&m).unwrap());
@@ -108,7 +126,10 @@ fn same(field: u16, computed: u16) -> bool {
 /// right, computed independently with pnet.
 pub(crate) fn assert_checksums(buf: &[u8]) {
     let p = Ipv4Packet::new(buf).unwrap();
-    assert!(same(p.get_checksum(), ipv4::checksum(&p)), "IPv4 header checksum");
+    assert!(
+        same(p.get_checksum(), ipv4::checksum(&p)),
+        "IPv4 header checksum"
+    );
     let ihl = usize::from(p.get_header_length()) * 4;
     let total = usize::from(p.get_total_length());
     let l4 = &buf[ihl..total];
@@ -117,16 +138,25 @@ pub(crate) fn assert_checksums(buf: &[u8]) {
         IpNextHeaderProtocols::Udp => {
             let u = UdpPacket::new(l4).unwrap();
             if u.get_checksum() != 0 {
-                assert!(same(u.get_checksum(), udp::ipv4_checksum(&u, &s, &d)), "UDP checksum");
+                assert!(
+                    same(u.get_checksum(), udp::ipv4_checksum(&u, &s, &d)),
+                    "UDP checksum"
+                );
             }
         }
         IpNextHeaderProtocols::Tcp => {
             let t = TcpPacket::new(l4).unwrap();
-            assert!(same(t.get_checksum(), tcp::ipv4_checksum(&t, &s, &d)), "TCP checksum");
+            assert!(
+                same(t.get_checksum(), tcp::ipv4_checksum(&t, &s, &d)),
+                "TCP checksum"
+            );
         }
         IpNextHeaderProtocols::Icmp => {
             let i = IcmpPacket::new(l4).unwrap();
-            assert!(same(i.get_checksum(), pnet_packet::icmp::checksum(&i)), "ICMP checksum");
+            assert!(
+                same(i.get_checksum(), pnet_packet::icmp::checksum(&i)),
+                "ICMP checksum"
+            );
         }
         other => panic!("unexpected protocol {other}"),
     }
@@ -142,7 +172,10 @@ pub(crate) fn endpoints(buf: &[u8]) -> (SocketAddrV4, SocketAddrV4) {
             let id = u16::from_be_bytes([l4[4], l4[5]]);
             (id, id)
         }
-        _ => (u16::from_be_bytes([l4[0], l4[1]]), u16::from_be_bytes([l4[2], l4[3]])),
+        _ => (
+            u16::from_be_bytes([l4[0], l4[1]]),
+            u16::from_be_bytes([l4[2], l4[3]]),
+        ),
     };
     (
         SocketAddrV4::new(p.get_source(), sp),
