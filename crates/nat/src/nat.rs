@@ -517,8 +517,9 @@ impl Nat {
         }
         let internal = m.key.internal;
         let old = m.expires;
-        match m.sessions.get_mut(&remote) {
+        let (old_s, new_s) = match m.sessions.get_mut(&remote) {
             Some(s) if s.expires > now => {
+                let before = s.expires;
                 if proto == Protocol::Tcp {
                     s.tcp.syn_in |= flags.syn();
                     s.tcp.closing |= flags.fin() || flags.rst();
@@ -528,6 +529,7 @@ impl Nat {
                 }
                 s.expires = s.last
                     + session_timeout(proto, s.tcp, udp_timeout, tcp.established, tcp.transitory);
+                (Some(before), Some(s.expires))
             }
             _ => {
                 if proto == Protocol::Tcp && flags.syn() && !flags.rst() {
@@ -545,17 +547,24 @@ impl Nat {
                         expires: now + tcp.transitory,
                     };
                     insert_session(m, remote, s, now, &mut self.stats);
+                    (None, Some(now + tcp.transitory))
                 } else if inbound_refresh {
                     let t = if proto == Protocol::Tcp {
                         tcp.transitory
                     } else {
                         udp_timeout
                     };
+                    // Only ever grows: `now` does not go backwards.
                     m.base_expires = Some(now + t);
+                    (None, Some(now + t))
+                } else {
+                    (None, None)
                 }
             }
+        };
+        if let Some(new_s) = new_s {
+            session_changed(m, old_s, new_s);
         }
-        recompute_expiry(m);
         let new = m.expires;
         self.retime(id, old, new);
         self.stats.inbound += 1;
@@ -628,6 +637,7 @@ impl Nat {
             tcp: TcpState::default(),
             expires: now,
         };
+        let old_s = m.sessions.get(&dst).map(|s| s.expires);
         let s = match m.sessions.get_mut(&dst) {
             Some(s) => {
                 if s.expires <= now {
@@ -648,7 +658,8 @@ impl Nat {
         }
         s.expires =
             now + session_timeout(proto, s.tcp, udp_timeout, tcp.established, tcp.transitory);
-        recompute_expiry(m);
+        let new_s = s.expires;
+        session_changed(m, old_s, new_s);
         let new = m.expires;
         self.retime(id, old, new);
         Ok(id)
@@ -911,6 +922,16 @@ fn insert_session(
         }
     }
     m.sessions.insert(remote, s);
+}
+
+/// A session's expiry went from `old` to `new`: keep `m.expires` the maximum over the
+/// sessions and the inbound-refresh base without scanning every session on every packet.
+fn session_changed(m: &mut Mapping, old: Option<Instant>, new: Instant) {
+    if new >= m.expires {
+        m.expires = new;
+    } else if old == Some(m.expires) {
+        recompute_expiry(m);
+    }
 }
 
 fn recompute_expiry(m: &mut Mapping) {
