@@ -594,3 +594,11 @@ fn drop_reasons_have_distinct_names() {
         DropReason::ALL.iter().map(|r| r.as_str()).collect();
     assert_eq!(names.len(), DropReason::COUNT);
 }
+
+/// The simulator's fabric keeps NATs behind `Box<dyn Translator + Send>`.
+#[test]
+fn nat_and_net_are_send() {
+    fn send<T: Send>() {}
+    send::<Nat>();
+    send::<nat::net::Net>();
+}
