@@ -1,0 +1,307 @@
+#![allow(clippy::unwrap_used)]
+//! Property tests: the NAT against an independent oracle written from RFC 4787's
+//! definitions, bijection and EIM invariants, checksums, and robustness on random bytes.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use common::{assert_checksums, endpoints, tcp, udp_opts};
+use nat::{Behavior, DropReason, Nat, NatConfig, Pooling, PortAssignment, Protocol, Side};
+use proptest::prelude::*;
+
+fn behavior() -> impl Strategy<Value = Behavior> {
+    prop_oneof![
+        Just(Behavior::EndpointIndependent),
+        Just(Behavior::AddressDependent),
+        Just(Behavior::AddressAndPortDependent)
+    ]
+}
+
+fn config() -> impl Strategy<Value = NatConfig> {
+    (
+        behavior(),
+        behavior(),
+        prop_oneof![
+            Just(PortAssignment::Preserve),
+            Just(PortAssignment::Sequential),
+            Just(PortAssignment::Random)
+        ],
+        any::<bool>(),
+        1usize..=3,
+        prop_oneof![Just(Pooling::Paired), Just(Pooling::Arbitrary)],
+        any::<bool>(),
+        prop_oneof![Just((1024u16, 65535u16)), Just((5000u16, 5011u16))],
+    )
+        .prop_map(
+            |(mapping, filtering, pa, parity, n_ext, pooling, refresh, range)| NatConfig {
+                mapping,
+                filtering,
+                port_assignment: pa,
+                port_parity: parity,
+                port_range: range,
+                external: (1..=n_ext as u8)
+                    .map(|i| Ipv4Addr::new(203, 0, 113, i))
+                    .collect(),
+                pooling,
+                udp_timeout: Duration::from_secs(30),
+                inbound_refresh: refresh,
+                hairpinning: true,
+                ..NatConfig::default()
+            },
+        )
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Internal endpoint index -> remote index, after `dt` seconds.
+    Out(usize, usize, u64),
+    /// Remote index -> one of the external endpoints seen so far (index) or a made-up one.
+    In(usize, usize, u64),
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(
+        prop_oneof![
+            (0usize..6, 0usize..6, 0u64..12).prop_map(|(a, b, t)| Op::Out(a, b, t)),
+            (0usize..6, 0usize..16, 0u64..12).prop_map(|(a, b, t)| Op::In(a, b, t)),
+        ],
+        1..80,
+    )
+}
+
+fn internal(i: usize) -> SocketAddrV4 {
+    // Three hosts, two ports each (5000 and 5001: preservation collides across hosts).
+    SocketAddrV4::new(
+        Ipv4Addr::new(192, 168, 1, 2 + (i / 2) as u8),
+        5000 + (i % 2) as u16,
+    )
+}
+
+fn remote(i: usize) -> SocketAddrV4 {
+    // Two IPs x three ports.
+    SocketAddrV4::new(
+        Ipv4Addr::new(198, 51, 100, 1 + (i / 3) as u8),
+        3478 + (i % 3) as u16,
+    )
+}
+
+/// One mapping as RFC 4787 defines it, tracked independently of the implementation.
+#[derive(Debug)]
+struct OMapping {
+    internal: SocketAddrV4,
+    key: (SocketAddrV4, Option<Ipv4Addr>, Option<u16>),
+    external: SocketAddrV4,
+    /// Remote endpoint -> when the permission to hear from it lapses.
+    sent: HashMap<SocketAddrV4, Instant>,
+    /// Inbound refresh without a matching live permission.
+    base: Option<Instant>,
+}
+
+impl OMapping {
+    fn expires(&self) -> Instant {
+        self.sent.values().copied().chain(self.base).max().unwrap()
+    }
+}
+
+struct Oracle {
+    c: NatConfig,
+    maps: Vec<OMapping>,
+}
+
+impl Oracle {
+    fn key(
+        &self,
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    ) -> (SocketAddrV4, Option<Ipv4Addr>, Option<u16>) {
+        match self.c.mapping {
+            Behavior::EndpointIndependent => (src, None, None),
+            Behavior::AddressDependent => (src, Some(*dst.ip()), None),
+            Behavior::AddressAndPortDependent => (src, Some(*dst.ip()), Some(dst.port())),
+        }
+    }
+    fn gc(&mut self, now: Instant) {
+        self.maps.retain(|m| m.expires() > now);
+    }
+    /// RFC 4787 §5 from the definitions.
+    fn permits(&self, m: &OMapping, remote: SocketAddrV4, now: Instant) -> bool {
+        match self.c.filtering {
+            Behavior::EndpointIndependent => true,
+            Behavior::AddressDependent => m
+                .sent
+                .iter()
+                .any(|(r, t)| r.ip() == remote.ip() && *t > now),
+            Behavior::AddressAndPortDependent => m.sent.get(&remote).is_some_and(|t| *t > now),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Random configurations and flow sequences: the NAT agrees with the oracle on every
+    /// mapping reuse and every inbound decision, live mappings form a bijection, and EIM
+    /// never gives one internal endpoint two external endpoints.
+    #[test]
+    fn nat_matches_rfc4787_oracle(c in config(), ops in ops(), seed in any::<u64>()) {
+        let t = c.udp_timeout;
+        let mut n = Nat::new(c.clone(), seed).unwrap();
+        let mut o = Oracle { c: c.clone(), maps: Vec::new() };
+        let mut now = Instant::now();
+        let mut seen_ext: Vec<SocketAddrV4> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Out(i, r, dt) => {
+                    now += Duration::from_secs(dt);
+                    o.gc(now);
+                    let (src, dst) = (internal(i), remote(r));
+                    let key = o.key(src, dst);
+                    let got = n.outbound(now, Protocol::Udp, src, dst);
+                    match o.maps.iter_mut().find(|m| m.key == key) {
+                        Some(m) => {
+                            // A live mapping must be reused (RFC 4787 §4.1).
+                            prop_assert_eq!(got, Ok(nat::Outbound { external: m.external, hairpin_to: None }));
+                            m.sent.insert(dst, now + t);
+                        }
+                        None => match got {
+                            Ok(out) => {
+                                prop_assert!(out.hairpin_to.is_none());
+                                let e = out.external;
+                                prop_assert!(c.external.contains(e.ip()));
+                                prop_assert!((c.port_range.0..=c.port_range.1).contains(&e.port()));
+                                if c.port_parity {
+                                    prop_assert_eq!(e.port() % 2, src.port() % 2);
+                                }
+                                if c.pooling == Pooling::Paired {
+                                    for m in o.maps.iter().filter(|m| m.internal.ip() == src.ip()) {
+                                        prop_assert_eq!(m.external.ip(), e.ip());
+                                    }
+                                }
+                                let mut sent = HashMap::new();
+                                sent.insert(dst, now + t);
+                                o.maps.push(OMapping { internal: src, key, external: e, sent, base: None });
+                                seen_ext.push(e);
+                            }
+                            Err(DropReason::PortsExhausted) => {
+                                // Only with the small range: 12 ports (6 per parity).
+                                prop_assert!(c.port_range.1 - c.port_range.0 < 100);
+                            }
+                            Err(e) => prop_assert!(false, "unexpected {:?}", e),
+                        },
+                    }
+                }
+                Op::In(r, x, dt) => {
+                    now += Duration::from_secs(dt);
+                    o.gc(now);
+                    let from = remote(r);
+                    let ext = seen_ext.get(x).copied().unwrap_or(SocketAddrV4::new(c.external[0], 60000));
+                    let got = n.inbound(now, Protocol::Udp, from, ext);
+                    let idx = o.maps.iter().position(|m| m.external == ext);
+                    match idx {
+                        Some(k) if o.permits(&o.maps[k], from, now) => {
+                            prop_assert_eq!(got, Ok(o.maps[k].internal));
+                            if c.inbound_refresh {
+                                let m = &mut o.maps[k];
+                                match m.sent.get_mut(&from) {
+                                    Some(exp) if *exp > now => *exp = now + t,
+                                    _ => m.base = Some(now + t),
+                                }
+                            }
+                        }
+                        Some(_) => prop_assert_eq!(got, Err(DropReason::Filtered)),
+                        None => prop_assert!(
+                            matches!(got, Err(DropReason::NoMapping | DropReason::Expired)),
+                            "{:?}", got
+                        ),
+                    }
+                }
+            }
+            // Invariants over the implementation's live mappings.
+            let live: Vec<_> = n.mappings().filter(|m| m.expires > now).collect();
+            prop_assert_eq!(live.len(), o.maps.len());
+            let ext: HashSet<_> = live.iter().map(|m| m.external).collect();
+            prop_assert_eq!(ext.len(), live.len(), "two live mappings share an external endpoint");
+            let keys: HashSet<_> = live.iter().map(|m| (m.internal, m.scope)).collect();
+            prop_assert_eq!(keys.len(), live.len());
+            if c.mapping == Behavior::EndpointIndependent {
+                let internals: HashSet<_> = live.iter().map(|m| m.internal).collect();
+                prop_assert_eq!(internals.len(), live.len(), "EIM gave one endpoint two mappings");
+            }
+            for m in &live {
+                let om = o.maps.iter().find(|x| x.external == m.external).unwrap();
+                prop_assert_eq!(om.internal, m.internal);
+                prop_assert_eq!(om.expires(), m.expires);
+            }
+        }
+    }
+
+    /// Translated UDP and TCP packets keep valid checksums in both directions.
+    #[test]
+    fn checksums_stay_valid(
+        sport in 1u16.., dport in 1u16.., src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+        use_tcp in any::<bool>(), flags in any::<u8>(), options in 0usize..3, seed in any::<u64>(),
+    ) {
+        let mut cfg = NatConfig::preset("full-cone", vec![Ipv4Addr::new(203, 0, 113, 1)]).unwrap();
+        cfg.port_assignment = PortAssignment::Random;
+        let mut n = Nat::new(cfg, seed).unwrap();
+        let dst_ip = Ipv4Addr::from(dst);
+        prop_assume!(dst_ip != Ipv4Addr::new(203, 0, 113, 1));
+        let s = SocketAddrV4::new(Ipv4Addr::from(src), sport);
+        let d = SocketAddrV4::new(dst_ip, dport);
+        let now = Instant::now();
+        let mut p = if use_tcp {
+            tcp(s, d, (flags | 0x02) & !0x04, &payload)
+        } else {
+            udp_opts(s, d, &payload, options * 4, true)
+        };
+        let len = p.len();
+        prop_assert_eq!(n.process(now, Side::Inside, &mut p), Ok(Side::Outside));
+        prop_assert_eq!(p.len(), len);
+        assert_checksums(&p);
+        let (e, _) = endpoints(&p);
+        let mut r = if use_tcp { tcp(d, e, 0x12, &payload) } else { udp_opts(d, e, &payload, 0, true) };
+        prop_assert_eq!(n.process(now, Side::Outside, &mut r), Ok(Side::Inside));
+        assert_checksums(&r);
+        prop_assert_eq!(endpoints(&r), (d, s));
+    }
+
+    /// `process` never panics, on random bytes or on random bytes behind a valid-looking
+    /// IPv4 header, from either side, and never changes the length.
+    #[test]
+    fn process_never_panics(
+        mut bytes in proptest::collection::vec(any::<u8>(), 0..120),
+        fix in any::<bool>(), proto in prop_oneof![Just(1u8), Just(6u8), Just(17u8), any::<u8>()],
+        inside in any::<bool>(),
+    ) {
+        if fix && bytes.len() >= 20 {
+            let ihl = 20 + 4 * usize::from(bytes[0] % 3);
+            if bytes.len() >= ihl {
+                bytes[0] = 0x40 | (ihl / 4) as u8;
+                let total = bytes.len() as u16;
+                bytes[2..4].copy_from_slice(&total.to_be_bytes());
+                bytes[6] &= 0x20; // first fragment at most
+                bytes[7] = 0;
+                bytes[9] = proto;
+                bytes[16..20].copy_from_slice(&[203, 0, 113, 1]);
+                bytes[10] = 0;
+                bytes[11] = 0;
+                let c = pnet_packet::ipv4::checksum(&pnet_packet::ipv4::Ipv4Packet::new(&bytes[..ihl]).unwrap());
+                bytes[10..12].copy_from_slice(&c.to_be_bytes());
+            }
+        }
+        let mut n = Nat::new(NatConfig::preset("full-cone", vec![Ipv4Addr::new(203, 0, 113, 1)]).unwrap(), 0).unwrap();
+        let now = Instant::now();
+        // Some state so inbound lookups can succeed.
+        for port in [0u16, 1, 5000] {
+            let _ = n.outbound(now, Protocol::Udp, SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), port.max(1)), SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 3478));
+        }
+        let len = bytes.len();
+        let side = if inside { Side::Inside } else { Side::Outside };
+        let _ = n.process(now, side, &mut bytes);
+        prop_assert_eq!(bytes.len(), len);
+    }
+}
