@@ -338,6 +338,19 @@ pub(crate) fn finish(p: Prepared, f: Findings) -> Report {
             "no server answered over TCP: TCP to these servers is blocked, or they are down".into(),
         );
     }
+    if f.hairpinning == Some(false)
+        && matches!(
+            c.filtering,
+            classify::Behaviour::AddressDependent | classify::Behaviour::AddressAndPortDependent
+        )
+    {
+        notes.push(
+            "hairpinning was not observed; behind address-dependent filtering a NAT may still \
+             hairpin flows whose target has already sent to the sender's external address \
+             (the RFC 5780 test uses a fresh socket)"
+                .into(),
+        );
+    }
     let port_preservation = match (c.nat, f.obs.mapped_i) {
         (Some(true), Some(m)) => Some(m.port() == f.local.port()),
         _ => None,
