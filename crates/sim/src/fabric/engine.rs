@@ -233,15 +233,17 @@ impl Engine {
         if let Err(e) = self.run_inner() {
             tracing::error!("fabric packet loop failed: {e}");
         }
+        let mut fds = Vec::new();
         for a in &mut self.atts {
             if let Some(p) = a.pcap.as_mut() {
                 if let Err(e) = p.flush() {
                     tracing::warn!("pcap flush failed: {e}");
                 }
             }
-            a.fd = None;
+            fds.extend(a.fd.take());
             a.pcap = None;
         }
+        close_in_parallel(fds);
         self.publish(u64::MAX);
         let shared = Arc::clone(&self.shared);
         drop(self);
@@ -565,6 +567,23 @@ impl Engine {
             }
         }
     }
+}
+
+/// Close TUN descriptors from several threads: each close unregisters a device and waits for
+/// an RCU grace period, which overlap when done concurrently.
+fn close_in_parallel(fds: Vec<OwnedFd>) {
+    const THREADS: usize = 16;
+    if fds.len() <= 2 {
+        return;
+    }
+    let per = fds.len().div_ceil(THREADS);
+    let mut fds = fds;
+    std::thread::scope(|s| {
+        while !fds.is_empty() {
+            let chunk: Vec<OwnedFd> = fds.drain(..per.min(fds.len())).collect();
+            s.spawn(move || drop(chunk));
+        }
+    });
 }
 
 /// The destination of a well-formed IPv4 packet.

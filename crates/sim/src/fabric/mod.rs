@@ -245,9 +245,7 @@ impl Inner {
             }
         }
         let mut first_err = None;
-        for ns in &st.namespaces {
-            netns::kill_all_in(ns);
-        }
+        netns::kill_all_in(&st.namespaces);
         for ns in &st.namespaces {
             if let Err(e) = netns::delete(ns) {
                 tracing::warn!("deleting namespace {ns}: {e}");

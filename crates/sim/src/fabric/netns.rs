@@ -220,17 +220,18 @@ pub(crate) fn pid_ns_id(pid: u32) -> Option<(u64, u64)> {
         .map(|m| (m.dev(), m.ino()))
 }
 
-/// Processes whose network namespace is `name` (what `ip netns pids` lists).
-pub(crate) fn pids_in(name: &str) -> Vec<u32> {
-    let Some(id) = ns_id(name) else {
+/// Processes (other than this one) whose network namespace is one of `ids`: one pass over
+/// /proc (what `ip netns pids` does per namespace).
+pub(crate) fn pids_in_any(ids: &[(u64, u64)]) -> Vec<u32> {
+    if ids.is_empty() {
         return Vec::new();
-    };
+    }
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me && pid_ns_id(*pid) == Some(id))
+        .filter(|pid| *pid != me && pid_ns_id(*pid).is_some_and(|id| ids.contains(&id)))
         .collect()
 }
 
@@ -243,13 +244,14 @@ pub(crate) fn kill(pid: u32) {
     );
 }
 
-/// Kill every process in `name` and wait (up to two seconds) until none is left; the killed
-/// PIDs.
-pub(crate) fn kill_all_in(name: &str) -> Vec<u32> {
+/// Kill every process in the namespaces `names` and wait (up to two seconds) until none is
+/// left; the killed PIDs.
+pub(crate) fn kill_all_in(names: &[String]) -> Vec<u32> {
+    let ids: Vec<_> = names.iter().filter_map(|n| ns_id(n)).collect();
     let mut killed = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let pids = pids_in(name);
+        let pids = pids_in_any(&ids);
         if pids.is_empty() || Instant::now() > deadline {
             return killed;
         }
@@ -345,7 +347,9 @@ pub fn clean(only_dead: bool) -> Result<CleanReport, FabricError> {
             report.kept_live.push(name);
             continue;
         }
-        report.killed.extend(kill_all_in(&name));
+        report
+            .killed
+            .extend(kill_all_in(std::slice::from_ref(&name)));
         match delete(&name) {
             Ok(()) => report.removed.push(name),
             Err(e) => report.failed.push((name, e.to_string())),
