@@ -2,4 +2,7 @@
 #![deny(unsafe_code)]
 
 pub mod fabric;
+pub mod report;
+pub mod runner;
+pub mod scenario;
 pub mod topology;
