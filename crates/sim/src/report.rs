@@ -246,7 +246,7 @@ impl Accuracy {
         let _ = writeln!(md, "\n## Configured vs detected, per scenario\n");
         let _ = writeln!(
             md,
-            "| scenario | host | configured (innermost first) | property | configured | detected | |\n\
+            "| scenario | host | NAT boxes (innermost first) | property | expected from the configuration | detected | |\n\
              |---|---|---|---|---|---|---|"
         );
         for r in results {
