@@ -305,11 +305,18 @@ impl Live {
                 .arg("--alt-port")
                 .arg((STUN_PORT + 1).to_string());
         }
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
+        {
+            use std::os::unix::process::CommandExt as _;
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .stdin(Stdio::null())
+                .process_group(0);
+        }
         let mut child = self.fabric.spawn(host, cmd)?;
         let stdout = child.stdout.take();
+        // Keep draining stderr so turnd never blocks on a full pipe; the reader thread ends
+        // with turnd and hands back the last 4 KiB for error messages.
+        let err_rx = drain(child.stderr.take().map(TailReader::new));
         let (tx, rx) = std::sync::mpsc::channel();
         if let Some(out) = stdout {
             std::thread::spawn(move || {
@@ -326,12 +333,11 @@ impl Live {
                 Ok(())
             }
             other => {
-                let _ = child.kill();
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                let _ = child.wait();
+                kill_group(&mut child);
+                let err = err_rx
+                    .recv_timeout(Duration::from_secs(2))
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
                 Err(RunError::Service(format!(
                     "turnd on host {host} did not start ({}): {}",
                     match other {
@@ -348,10 +354,12 @@ impl Live {
     /// Stop services (by PID) and tear the fabric down.
     pub fn down(mut self) -> Result<(Value, Duration), RunError> {
         for (_, c) in &mut self.services {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
+            if let Ok(pid) = i32::try_from(c.id()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         for (_, c) in &mut self.services {
@@ -361,13 +369,55 @@ impl Live {
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_group(c);
         }
         let t0 = Instant::now();
         let stats = self.fabric.down()?;
         let stats = serde_json::to_value(stats).unwrap_or(Value::Null);
         Ok((stats, t0.elapsed()))
+    }
+}
+
+/// A reader that keeps only the last 4 KiB of what it reads (so draining a chatty child's
+/// stderr for the whole run uses bounded memory).
+struct TailReader<R> {
+    inner: R,
+    tail: Vec<u8>,
+    done: bool,
+}
+
+impl<R: Read> TailReader<R> {
+    fn new(inner: R) -> Self {
+        TailReader {
+            inner,
+            tail: Vec::new(),
+            done: false,
+        }
+    }
+}
+
+impl<R: Read> Read for TailReader<R> {
+    /// Consumes the inner reader to its end, then yields the kept tail once.
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if !self.done {
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = self.inner.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                self.tail.extend_from_slice(&buf[..n]);
+                if self.tail.len() > 4096 {
+                    let cut = self.tail.len() - 4096;
+                    self.tail.drain(..cut);
+                }
+            }
+            self.done = true;
+        }
+        let n = out.len().min(self.tail.len());
+        out[..n].copy_from_slice(&self.tail[..n]);
+        self.tail.drain(..n);
+        Ok(n)
     }
 }
 
@@ -379,7 +429,35 @@ struct Finished {
     timed_out: bool,
 }
 
-/// Run a command to completion with a timeout, honouring the stop flag.
+/// Kill a child and everything in its process group (it was started as a group leader).
+fn kill_group(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Read a pipe to its end on a thread; the receiver gets the bytes.
+fn drain(pipe: Option<impl Read + Send + 'static>) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+/// Run a command to completion with a timeout, honouring the stop flag. The command runs in
+/// its own process group, so a timeout or a stop kills whatever it started too, and the
+/// output readers are given up on after a grace period (a grandchild that escaped the group
+/// cannot hold the run hostage).
 fn run_to_end(
     fabric: &mut Fabric,
     host: &str,
@@ -387,23 +465,14 @@ fn run_to_end(
     timeout: Duration,
     stop: &StopFlag,
 ) -> Result<Finished, RunError> {
+    use std::os::unix::process::CommandExt as _;
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .process_group(0);
     let mut child = fabric.spawn(host, cmd)?;
-    let out = child.stdout.take();
-    let err = child.stderr.take();
-    let reader = |p: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = p {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out_t = reader(out.map(|o| Box::new(o) as Box<dyn Read + Send>));
-    let err_t = reader(err.map(|e| Box::new(e) as Box<dyn Read + Send>));
+    let out_rx = drain(child.stdout.take());
+    let err_rx = drain(child.stderr.take());
     let t0 = Instant::now();
     let mut timed_out = false;
     let status = loop {
@@ -413,21 +482,31 @@ fn run_to_end(
             Err(_) => break None,
         }
         if stop.load(Ordering::Relaxed) {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
             return Err(RunError::Interrupted);
         }
         if t0.elapsed() > timeout {
             timed_out = true;
-            let _ = child.kill();
+            kill_group(&mut child);
             break child.wait().ok();
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    // The child is gone; its group may not be (a background job it left). Give the pipes a
+    // moment, then stop waiting for them.
+    let grace = Duration::from_secs(2);
+    let stdout = out_rx.recv_timeout(grace).unwrap_or_default();
+    let stderr = err_rx.recv_timeout(grace).unwrap_or_default();
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     Ok(Finished {
         status,
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
+        stdout,
+        stderr,
         timed_out,
     })
 }

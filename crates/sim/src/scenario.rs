@@ -459,9 +459,9 @@ impl Cx<'_> {
         if let Some(j) = &raw.jitter {
             imp.jitter = self.duration(j)?;
         }
-        for d in [imp.delay, imp.jitter] {
+        for (d, key) in [(imp.delay, &raw.delay), (imp.jitter, &raw.jitter)] {
             if d > Duration::from_secs(10) {
-                let span = raw.delay.as_ref().map_or(0..0, Spanned::span);
+                let span = key.as_ref().map_or(0..0, Spanned::span);
                 return Err(self.err(span, "delay and jitter are limited to 10 s"));
             }
         }
@@ -504,14 +504,15 @@ impl Cx<'_> {
     }
 
     fn build(&self, raw: RawScenario) -> Res<Scenario> {
+        let valid_name = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 64
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
         let name = match &raw.name {
             Some(n) => {
-                let ok = !n.get_ref().is_empty()
-                    && n.get_ref().len() <= 64
-                    && n.get_ref()
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-                if !ok {
+                if !valid_name(n.get_ref()) {
                     return Err(self.err(
                         n.span(),
                         "scenario name must be 1-64 characters of letters, digits, _ and - \
@@ -520,12 +521,20 @@ impl Cx<'_> {
                 }
                 n.get_ref().clone()
             }
-            None => self
-                .path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("scenario")
-                .to_owned(),
+            None => {
+                let stem = self.path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                if !valid_name(stem) {
+                    return Err(ScenarioError {
+                        file: self.path.to_path_buf(),
+                        line: None,
+                        message: format!(
+                            "the file name {stem:?} cannot name the report folder: add \
+                             name = \"...\" (letters, digits, _ and -)"
+                        ),
+                    });
+                }
+                stem.to_owned()
+            }
         };
 
         // Networks.
@@ -654,6 +663,8 @@ impl Cx<'_> {
             let (mut imp, preset) = (imp, r.preset.as_ref().map(|p| p.get_ref().clone()));
             if let NatImpl::Model(c) = &mut imp {
                 c.external.clone_from(&external);
+                c.validate()
+                    .map_err(|e| self.err(n.span(), format!("NAT {nm:?}: {e}")))?;
             }
             nats.push(NatDef {
                 name: nm,
@@ -688,6 +699,39 @@ impl Cx<'_> {
             }
         }
 
+        // A network's prefixes must not overlap those of any network on its way out: routing
+        // would deliver (or drop) inside instead of going to the gateway.
+        for (i, n) in networks.iter().enumerate() {
+            if let Some(p) = n.prefixes.iter().find(|p| p.len == 0) {
+                let span = raw.networks[i].get_ref().name.span();
+                return Err(self.err(
+                    span,
+                    format!(
+                        "network {:?}: {}/0 would cover every address",
+                        n.name, p.addr
+                    ),
+                ));
+            }
+            let mut net = i;
+            for _ in 0..nats.len() {
+                let Some(g) = gateway_of[net] else { break };
+                net = nats[g].outside;
+                let outer = &networks[net];
+                for p in &n.prefixes {
+                    if let Some(q) = outer.prefixes.iter().find(|q| overlaps(p, q)) {
+                        return Err(self.err(
+                            raw.networks[i].get_ref().name.span(),
+                            format!(
+                                "network {:?} ({}/{}) overlaps {:?} ({}/{}), which is on its way \
+                                 out: packets for the outer network would stay inside",
+                                n.name, p.addr, p.len, outer.name, q.addr, q.len
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+
         // Hosts.
         let mut hosts: Vec<HostDef> = Vec::new();
         let mut host_names = HashMap::new();
@@ -711,6 +755,9 @@ impl Cx<'_> {
             let mut services = Vec::new();
             for s in &r.services {
                 match s.get_ref().as_str() {
+                    "turnd" if services.contains(&Service::Turnd) => {
+                        return Err(self.err(s.span(), "turnd is listed twice"));
+                    }
                     "turnd" => services.push(Service::Turnd),
                     other => {
                         return Err(self.err(
@@ -743,8 +790,32 @@ impl Cx<'_> {
                     format!("firewall {:?} has no host behind it", nats[i].name),
                 ));
             }
+            if let Some(inner) = nats.iter().find(|n| n.outside == inside) {
+                return Err(self.err(
+                    span,
+                    format!(
+                        "NAT box {:?} sits behind firewall {:?}: a firewall passes only the \
+                         addresses of hosts directly behind it; put the firewall outside the \
+                         NAT, or make it a NAT",
+                        inner.name, nats[i].name
+                    ),
+                ));
+            }
+            if let Some(g) = gateway_of[outside] {
+                if matches!(nats[g].imp, NatImpl::Kernel { .. }) {
+                    return Err(self.err(
+                        span,
+                        format!(
+                            "firewall {:?} sits behind kernel NAT box {:?}, which routes only \
+                             its own inside network; put the firewall elsewhere",
+                            nats[i].name, nats[g].name
+                        ),
+                    ));
+                }
+            }
             for ip in &behind {
-                if let Some(prev) = owners[outside].get(ip) {
+                let who = format!("the hosts behind firewall {}", nats[i].name);
+                if let Some(prev) = owners[outside].insert(*ip, who) {
                     return Err(self.err(
                         span,
                         format!(
@@ -789,9 +860,19 @@ impl Cx<'_> {
                 )
             })?;
             let explicit = match &r.expect {
-                Some(e) => self.expectation(e.get_ref())?,
+                Some(e) => self.expectation(e.get_ref(), e.span())?,
                 None => Expectation::default(),
             };
+            let kernel_on_way = chain
+                .iter()
+                .any(|&g| matches!(nats[g].imp, NatImpl::Kernel { .. }));
+            if r.lifetime && kernel_on_way && explicit.binding_lifetime_s.is_none() {
+                return Err(self.err(
+                    p.span(),
+                    "lifetime = true through a kernel NAT box: its conntrack timeouts are the \
+                     kernel's, not the scenario's; give [probe.expect] binding_lifetime_s",
+                ));
+            }
             let derived = derive_expectation(
                 &nats,
                 &chain,
@@ -881,6 +962,11 @@ impl Cx<'_> {
                     ("udp_timeout", r.udp_timeout.is_some()),
                     ("inbound_refresh", r.inbound_refresh.is_some()),
                     ("hairpinning", r.hairpinning.is_some()),
+                    (
+                        "tcp_established_timeout",
+                        r.tcp_established_timeout.is_some(),
+                    ),
+                    ("tcp_transitory_timeout", r.tcp_transitory_timeout.is_some()),
                     ("max_mappings", r.max_mappings.is_some()),
                 ];
                 if let Some((k, _)) = model_keys.iter().find(|(_, set)| *set) {
@@ -993,7 +1079,7 @@ impl Cx<'_> {
         Ok(NatImpl::Model(c))
     }
 
-    fn expectation(&self, r: &RawExpect) -> Res<Expectation> {
+    fn expectation(&self, r: &RawExpect, span: Range<usize>) -> Res<Expectation> {
         let behavior = |s: &Option<Spanned<String>>, what: &str| -> Res<Option<String>> {
             match s {
                 Some(s) => {
@@ -1003,6 +1089,14 @@ impl Cx<'_> {
                 None => Ok(None),
             }
         };
+        if let Some(t) = r.binding_lifetime_s {
+            if !(t.is_finite() && t > 0.0) {
+                return Err(self.err(
+                    span,
+                    format!("binding_lifetime_s = {t} must be a positive number of seconds"),
+                ));
+            }
+        }
         Ok(Expectation {
             nat: r.nat,
             udp_blocked: r.udp_blocked,
@@ -1033,12 +1127,20 @@ pub fn behavior_word(b: Behavior) -> &'static str {
         .map_or("unknown", |(w, _)| w)
 }
 
+fn overlaps(a: &Ipv4Prefix, b: &Ipv4Prefix) -> bool {
+    a.contains(b.addr) || b.contains(a.addr)
+}
+
 fn fmt_prefixes(p: &[Ipv4Prefix]) -> String {
     p.iter()
         .map(|p| format!("{}/{}", p.addr, p.len))
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Linux's default ephemeral port range (net.ipv4.ip_local_port_range): natprobe's local
+/// ports come from here, so a NAT can only preserve them if its range covers it.
+const EPHEMERAL: (u16, u16) = (32768, 60999);
 
 /// NAT boxes crossed going from network `from` to network `to` (innermost first), or `None`
 /// when `to` is not on `from`'s way out.
@@ -1079,7 +1181,8 @@ fn rank(b: Behavior) -> u8 {
 /// - hairpinning: the outermost translating box hairpins, and it and every box inside it let
 ///   the hairpinned packet in (endpoint-independent filtering), since the hairpinned packet
 ///   comes from an endpoint the probe's first socket never sent to;
-/// - port preservation: every translating box preserves ports;
+/// - port preservation: every translating box preserves ports, and its port range covers the
+///   local ephemeral range;
 /// - binding lifetime: the shortest UDP mapping timeout on the way;
 /// - Linux masquerade behaves as endpoint-independent mapping with port preservation and
 ///   address-and-port-dependent filtering, no hairpinning; `random-fully` makes the mapping
@@ -1110,7 +1213,9 @@ pub fn derive_expectation(
             NatImpl::Model(c) => (
                 (c.mode == Mode::Nat).then_some(c.mapping),
                 c.filtering,
-                c.port_assignment == PortAssignment::Preserve,
+                c.port_assignment == PortAssignment::Preserve
+                    && c.port_range.0 <= EPHEMERAL.0
+                    && c.port_range.1 >= EPHEMERAL.1,
                 Some(c.udp_timeout.as_secs_f64()),
             ),
             NatImpl::Kernel { random_fully } => (
@@ -1312,6 +1417,103 @@ external = ["198.51.100.10"]
         // Syntax error.
         let (line, _) = error_at("[[network]\nname = 1\n");
         assert_eq!(line, Some(1));
+    }
+
+    #[test]
+    fn runtime_failures_are_caught_by_check() {
+        // The model's own validation runs at check time.
+        let text = format!("{BASE}udp_timeout = \"0s\"\n");
+        assert!(
+            error_at(&text).1.contains("udp_timeout"),
+            "{}",
+            error_at(&text).1
+        );
+        let text = format!("{BASE}port_parity = true\nport_range = [7, 7]\n");
+        assert!(error_at(&text).1.contains("parity"));
+        // A name from a file stem that cannot name a folder.
+        let e = parse(Path::new("/tmp/...toml"), BASE).unwrap_err();
+        assert!(e.message.contains("cannot name the report folder"), "{e}");
+        // Overlapping prefixes on the way out, and /0.
+        let text = BASE.replace("192.168.1.0/24", "0.0.0.0/0");
+        assert!(error_at(&text).1.contains("would cover every address"));
+        let text = BASE
+            .replace("192.168.1.0/24", "203.0.113.128/25")
+            .replace("192.168.1.10", "203.0.113.130")
+            .replace("192.168.1.1\"", "203.0.113.129\"");
+        assert!(
+            error_at(&text).1.contains("overlaps"),
+            "{}",
+            error_at(&text).1
+        );
+        // A second turnd, a NaN expectation, a jitter error on its own line.
+        let text = BASE.replace(
+            "services = [\"turnd\"]",
+            "services = [\"turnd\", \"turnd\"]",
+        );
+        assert!(error_at(&text).1.contains("listed twice"));
+        let text = format!(
+            "{BASE}\n[[probe]]\nhost = \"alice\"\nserver = \"stun\"\n[probe.expect]\n\
+             binding_lifetime_s = nan\n"
+        );
+        assert!(error_at(&text).1.contains("positive number"));
+        let text = BASE.replace(
+            "addresses = [\"192.168.1.10\"]",
+            "addresses = [\"192.168.1.10\"]\nlink = { jitter = \"20s\" }",
+        );
+        assert_eq!(error_at(&text).0, Some(20));
+        // Port preservation cannot be seen when the range misses the ephemeral ports.
+        let text = format!(
+            "{BASE}port_range = [1024, 2047]\n\n[[probe]]\nhost = \"alice\"\nserver = \"stun\"\n"
+        );
+        let s = parse_str(&text).unwrap();
+        assert_eq!(s.probes[0].derived.port_preservation, Some(false));
+    }
+
+    #[test]
+    fn firewall_topologies_that_cannot_route_are_refused() {
+        let fw = r#"
+[[network]]
+name = "internet"
+prefixes = ["203.0.113.0/24"]
+[[network]]
+name = "office"
+prefixes = ["198.51.100.0/24"]
+[[network]]
+name = "lan"
+prefixes = ["192.168.1.0/24"]
+[[host]]
+name = "stun"
+network = "internet"
+addresses = ["203.0.113.1"]
+services = ["turnd"]
+[[host]]
+name = "a"
+network = "office"
+addresses = ["198.51.100.20"]
+[[nat]]
+name = "fw"
+mode = "firewall"
+inside = "office"
+outside = "internet"
+inside_address = "198.51.100.1"
+"#;
+        assert!(parse_str(fw).is_ok());
+        let nat_behind = format!(
+            "{fw}[[nat]]\nname = \"home\"\ninside = \"lan\"\noutside = \"office\"\n\
+             inside_address = \"192.168.1.1\"\nexternal = [\"198.51.100.30\"]\n"
+        );
+        assert!(error_at(&nat_behind).1.contains("sits behind firewall"));
+        let kernel_outside = fw.replace(
+            "mode = \"firewall\"\ninside = \"office\"\noutside = \"internet\"\ninside_address = \"198.51.100.1\"",
+            "mode = \"firewall\"\ninside = \"office\"\noutside = \"lan\"\ninside_address = \"198.51.100.1\"",
+        ) + "[[nat]]\nname = \"k\"\nkind = \"kernel-masquerade\"\ninside = \"lan\"\noutside = \"internet\"\ninside_address = \"192.168.1.1\"\nexternal = [\"203.0.113.9\"]\n";
+        assert!(
+            error_at(&kernel_outside)
+                .1
+                .contains("behind kernel NAT box"),
+            "{}",
+            error_at(&kernel_outside).1
+        );
     }
 
     #[test]

@@ -209,6 +209,11 @@ fn sigterm_tears_everything_down() {
     let dir = tempdir("term");
     let mut child = start_shell();
     let pid = child.id();
+    let pids = pids_in_namespaces(&format!("nsim{pid}x"));
+    assert!(
+        pids.len() >= 2,
+        "turnd and sleep should be running: {pids:?}"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -227,6 +232,8 @@ fn sigterm_tears_everything_down() {
     };
     assert!(!status.success());
     assert_eq!(sim_namespaces_of(pid), Vec::<String>::new());
+    let left: Vec<i32> = pids.into_iter().filter(|&p| alive(p)).collect();
+    assert!(left.is_empty(), "processes left after SIGTERM: {left:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -285,5 +292,51 @@ fn probe_accuracy_is_complete_across_shipped_scenarios() {
         .map(str::trim)
         .collect();
     assert!(scenarios.len() >= 19, "{scenarios:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A command that leaves a background job behind cannot hold the run past its timeout, and
+/// the job dies with the run.
+#[test]
+fn run_timeout_kills_the_whole_command() {
+    require_root();
+    let dir = tempdir("timeout");
+    let base = std::fs::read_to_string(workspace().join("scenarios/eim_eif.toml")).unwrap();
+    let f = dir.join("hang.toml");
+    std::fs::write(
+        &f,
+        format!(
+            "{base}\n[[run]]\nhost = \"alice\"\ncommand = [\"sh\", \"-c\", \"sleep 1000 & sleep 1000\"]\n\
+             timeout = \"1s\"\n"
+        )
+        .replace("name = \"eim_eif\"", "name = \"hang\""),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let o = sim()
+        .arg("run")
+        .arg(&f)
+        .args(["--no-pcap", "--reports"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("hang/result.json")).unwrap()).unwrap();
+    assert_eq!(json["runs"][0]["timed_out"], true);
+    let ps = Command::new("pgrep")
+        .args(["-x", "-f", "sleep 1000"])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "left: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
