@@ -55,7 +55,8 @@
 //!   timeout 2 h 4 min, transitory 4 min). State per remote endpoint from SYN/FIN/RST seen in
 //!   both directions: established once a SYN went each way and no FIN/RST was seen;
 //!   otherwise transitory (partially open, closing after a FIN in either direction, or
-//!   after an RST). A TCP mapping may be created by any outbound segment but RST (a
+//!   after an RST); a SYN without ACK on a closing session starts a new connection on the
+//!   same 4-tuple with a fresh state (RFC 6146 §3.5.2.2). A TCP mapping may be created by any outbound segment but RST (a
 //!   connection picked up mid-stream stays transitory).
 //! - RFC 5508 §3.1 (ICMP echo: identifier as port) and §4 in spirit (ICMP errors
 //!   destination-unreachable, time-exceeded, parameter-problem translated both ways,

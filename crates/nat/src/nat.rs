@@ -262,6 +262,25 @@ struct TcpState {
     closing: bool,
 }
 
+impl TcpState {
+    /// Account for a segment with `flags` going out (`outbound`) or coming in.
+    fn on_segment(&mut self, flags: TcpFlags, outbound: bool) {
+        // A SYN without ACK on a closing session opens a new connection on the same
+        // 4-tuple (RFC 6146 §3.5.2.2: a SYN in the transitory state starts over): forget
+        // the old connection's FIN/RST, or the new one would stay transitory for good.
+        let bare_syn = flags.syn() && flags.0 & TcpFlags::ACK.0 == 0 && !flags.rst();
+        if bare_syn && self.closing {
+            *self = TcpState::default();
+        }
+        if outbound {
+            self.syn_out |= flags.syn();
+        } else {
+            self.syn_in |= flags.syn();
+        }
+        self.closing |= flags.fin() || flags.rst();
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Session {
     /// Last refresh.
@@ -521,8 +540,7 @@ impl Nat {
             Some(s) if s.expires > now => {
                 let before = s.expires;
                 if proto == Protocol::Tcp {
-                    s.tcp.syn_in |= flags.syn();
-                    s.tcp.closing |= flags.fin() || flags.rst();
+                    s.tcp.on_segment(flags, false);
                 }
                 if inbound_refresh {
                     s.last = now;
@@ -653,8 +671,7 @@ impl Nat {
         s.sent = true;
         s.last = now;
         if proto == Protocol::Tcp {
-            s.tcp.syn_out |= flags.syn();
-            s.tcp.closing |= flags.fin() || flags.rst();
+            s.tcp.on_segment(flags, true);
         }
         s.expires =
             now + session_timeout(proto, s.tcp, udp_timeout, tcp.established, tcp.transitory);

@@ -478,6 +478,71 @@ fn rfc5382_tcp_state_and_timeouts() {
     );
 }
 
+/// RFC 5382 REQ-5 / RFC 6146 §3.5.2.2: a new connection on a 4-tuple whose previous
+/// connection closed (a SYN without ACK on a closing session) starts a fresh TCP state, so it
+/// gets the established timeout once its handshake completes, not the transitory one left over
+/// from the old connection's FINs.
+#[test]
+fn rfc5382_req5_reused_four_tuple_gets_established_timeout() {
+    let t0 = Instant::now();
+    let host = sa("192.168.1.2:40000");
+    let server = sa("198.51.100.1:443");
+    let mut n = nat(cfg(
+        Behavior::EndpointIndependent,
+        Behavior::AddressAndPortDependent,
+    ));
+    let e = n
+        .outbound_tcp(t0, host, server, TcpFlags::SYN)
+        .unwrap()
+        .external;
+    n.inbound_tcp(t0, server, e, TcpFlags::SYN | TcpFlags::ACK)
+        .unwrap();
+    n.outbound_tcp(t0, host, server, TcpFlags::FIN | TcpFlags::ACK)
+        .unwrap();
+    n.inbound_tcp(t0, server, e, TcpFlags::FIN | TcpFlags::ACK)
+        .unwrap();
+    // Both FINs: transitory.
+    assert_eq!(n.poll_timeout(), Some(t0 + Duration::from_secs(4 * 60)));
+    // A minute later the host reuses the same 4-tuple for a new connection.
+    let t1 = t0 + Duration::from_secs(60);
+    assert_eq!(
+        n.outbound_tcp(t1, host, server, TcpFlags::SYN)
+            .unwrap()
+            .external,
+        e
+    );
+    // Partially open: transitory from the new SYN.
+    assert_eq!(n.poll_timeout(), Some(t1 + Duration::from_secs(4 * 60)));
+    n.inbound_tcp(t1, server, e, TcpFlags::SYN | TcpFlags::ACK)
+        .unwrap();
+    n.outbound_tcp(t1, host, server, TcpFlags::ACK).unwrap();
+    // Established again: 2 h 4 min.
+    assert_eq!(n.poll_timeout(), Some(t1 + Duration::from_secs(124 * 60)));
+    // A retransmitted SYN-ACK or a stray SYN with ACK does not reset anything.
+    n.inbound_tcp(t1, server, e, TcpFlags::SYN | TcpFlags::ACK)
+        .unwrap();
+    assert_eq!(n.poll_timeout(), Some(t1 + Duration::from_secs(124 * 60)));
+
+    // The same from the outside: after an RST, an inbound SYN (no ACK) on the closed
+    // session starts over too (simultaneous open or a peer reconnecting through EIF).
+    let mut n = nat(cfg(
+        Behavior::EndpointIndependent,
+        Behavior::EndpointIndependent,
+    ));
+    let e = n
+        .outbound_tcp(t0, host, server, TcpFlags::SYN)
+        .unwrap()
+        .external;
+    n.inbound_tcp(t0, server, e, TcpFlags::SYN | TcpFlags::ACK)
+        .unwrap();
+    n.inbound_tcp(t0, server, e, TcpFlags::RST).unwrap();
+    assert_eq!(n.poll_timeout(), Some(t0 + Duration::from_secs(4 * 60)));
+    n.inbound_tcp(t1, server, e, TcpFlags::SYN).unwrap();
+    n.outbound_tcp(t1, host, server, TcpFlags::SYN | TcpFlags::ACK)
+        .unwrap();
+    assert_eq!(n.poll_timeout(), Some(t1 + Duration::from_secs(124 * 60)));
+}
+
 /// RFC 5382 REQ-1/REQ-3 + REQ-4: with endpoint-independent filtering an inbound SYN to a
 /// live mapping passes (inbound connection to a listening host, as for TCP hole punching).
 #[test]
