@@ -79,7 +79,7 @@ pub enum Mode {
 pub struct TcpTimeouts {
     /// Established connections: at least 2 h 4 min.
     pub established: Duration,
-    /// Partially open or closing connections: at least 4 min.
+    /// Partially open, closed (FIN both ways) or reset connections: at least 4 min.
     pub transitory: Duration,
 }
 

@@ -53,11 +53,12 @@
 //!   through; we do not hold it for 6 s: a simultaneous open still works because the
 //!   peer's retransmitted SYN passes once our own SYN went out), REQ-5 (established idle
 //!   timeout 2 h 4 min, transitory 4 min). State per remote endpoint from SYN/FIN/RST seen in
-//!   both directions: established once a SYN went each way and no FIN/RST was seen;
-//!   otherwise transitory (partially open, closing after a FIN in either direction, or
-//!   after an RST); a SYN without ACK on a closing session starts a new connection on the
-//!   same 4-tuple with a fresh state (RFC 6146 §3.5.2.2). A TCP mapping may be created by any outbound segment but RST (a
-//!   connection picked up mid-stream stays transitory).
+//!   both directions: established once a SYN went each way, until an RST or a FIN in each
+//!   direction (a half-close keeps the established timeout: RFC 7857 §2.2, RFC 6146
+//!   §3.5.2.2); otherwise transitory (partially open, closed both ways, or reset). A SYN
+//!   without ACK on a session that saw a FIN or an RST starts a new connection on the same
+//!   4-tuple with a fresh state (RFC 6146 §3.5.2.2). A TCP mapping may be created by any
+//!   outbound segment but RST (a connection picked up mid-stream stays transitory).
 //! - RFC 5508 §3.1 (ICMP echo: identifier as port) and §4 in spirit (ICMP errors
 //!   destination-unreachable, time-exceeded, parameter-problem translated both ways,
 //!   embedded header and checksums included, only for a live mapping whose session matches

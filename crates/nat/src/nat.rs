@@ -255,11 +255,15 @@ struct MapKey {
     scope: Scope,
 }
 
+/// What a session has seen of its TCP connection (RFC 5382 §5, with the FIN handling of
+/// RFC 7857 §2.2 / RFC 6146 §3.5.2.2: a half-close keeps the established lifetime).
 #[derive(Debug, Clone, Copy, Default)]
 struct TcpState {
     syn_out: bool,
     syn_in: bool,
-    closing: bool,
+    fin_out: bool,
+    fin_in: bool,
+    rst: bool,
 }
 
 impl TcpState {
@@ -269,15 +273,27 @@ impl TcpState {
         // 4-tuple (RFC 6146 §3.5.2.2: a SYN in the transitory state starts over): forget
         // the old connection's FIN/RST, or the new one would stay transitory for good.
         let bare_syn = flags.syn() && flags.0 & TcpFlags::ACK.0 == 0 && !flags.rst();
-        if bare_syn && self.closing {
+        if bare_syn && self.closing() {
             *self = TcpState::default();
         }
         if outbound {
             self.syn_out |= flags.syn();
+            self.fin_out |= flags.fin();
         } else {
             self.syn_in |= flags.syn();
+            self.fin_in |= flags.fin();
         }
-        self.closing |= flags.fin() || flags.rst();
+        self.rst |= flags.rst();
+    }
+
+    /// A FIN or an RST was seen: the connection is going away (or already half-closed).
+    fn closing(&self) -> bool {
+        self.fin_out || self.fin_in || self.rst
+    }
+
+    /// Both SYNs seen, and neither an RST nor FINs in both directions.
+    fn established(&self) -> bool {
+        self.syn_out && self.syn_in && !self.rst && !(self.fin_out && self.fin_in)
     }
 }
 
@@ -896,7 +912,7 @@ fn session_timeout(
     transitory: Duration,
 ) -> Duration {
     match proto {
-        Protocol::Tcp if tcp.syn_out && tcp.syn_in && !tcp.closing => established,
+        Protocol::Tcp if tcp.established() => established,
         Protocol::Tcp => transitory,
         Protocol::Udp | Protocol::Icmp => udp,
     }

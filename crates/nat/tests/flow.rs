@@ -439,9 +439,17 @@ fn rfc5382_tcp_state_and_timeouts() {
         n.inbound_tcp(m(60), sa("198.51.100.9:443"), e, TcpFlags::SYN),
         Err(DropReason::Filtered)
     );
-    // FIN: closing, transitory again from the FIN.
+    // One FIN is a half-close: the other direction may still carry data for hours, so the
+    // established timeout stays (RFC 7857 §2.2, RFC 6146 §3.5.2.2).
     n.outbound_tcp(m(61), host, server, TcpFlags::FIN | TcpFlags::ACK)
         .unwrap();
+    assert_eq!(n.poll_timeout(), Some(m(61 + 124)));
+    // The peer's FIN too: closing, transitory from the last refresh (the outbound FIN;
+    // inbound packets do not refresh here).
+    assert_eq!(
+        n.inbound_tcp(m(62), server, e, TcpFlags::FIN | TcpFlags::ACK),
+        Ok(host)
+    );
     assert_eq!(n.poll_timeout(), Some(m(65)));
     assert_eq!(
         n.inbound_tcp(m(66), server, e, TcpFlags::ACK),
@@ -476,6 +484,67 @@ fn rfc5382_tcp_state_and_timeouts() {
         n.outbound_tcp(m(300), sa("192.168.1.5:1"), server, TcpFlags::RST),
         Err(DropReason::NoMapping)
     );
+}
+
+/// RFC 7857 §2.2 / RFC 6146 §3.5.2.2: a half-closed connection (FIN in one direction only)
+/// keeps the established timeout; FINs in both directions or an RST make it transitory.
+#[test]
+fn rfc7857_2_2_half_close_keeps_established_timeout() {
+    let t0 = Instant::now();
+    let m = |mins: u64| t0 + Duration::from_secs(60 * mins);
+    let host = sa("192.168.1.2:40000");
+    let server = sa("198.51.100.1:443");
+    for first_fin_out in [true, false] {
+        let mut n = nat(cfg(
+            Behavior::EndpointIndependent,
+            Behavior::AddressAndPortDependent,
+        ));
+        let e = n
+            .outbound_tcp(t0, host, server, TcpFlags::SYN)
+            .unwrap()
+            .external;
+        n.inbound_tcp(t0, server, e, TcpFlags::SYN | TcpFlags::ACK)
+            .unwrap();
+        let fin = TcpFlags::FIN | TcpFlags::ACK;
+        let fin_out = |n: &mut Nat, t| n.outbound_tcp(t, host, server, fin).map(|_| ());
+        let fin_in = |n: &mut Nat, t| n.inbound_tcp(t, server, e, fin).map(|_| ());
+        if first_fin_out {
+            fin_out(&mut n, m(1)).unwrap();
+        } else {
+            fin_in(&mut n, m(1)).unwrap();
+        }
+        assert_eq!(n.poll_timeout(), Some(m(1 + 124)), "half-closed");
+        // The open direction still carries data an hour later, and its mapping is there.
+        assert_eq!(n.inbound_tcp(m(61), server, e, TcpFlags::ACK), Ok(host));
+        assert_eq!(n.poll_timeout(), Some(m(61 + 124)));
+        // A second FIN in the same direction (a retransmission) changes nothing.
+        if first_fin_out {
+            fin_out(&mut n, m(62)).unwrap();
+        } else {
+            fin_in(&mut n, m(62)).unwrap();
+        }
+        assert_eq!(n.poll_timeout(), Some(m(62 + 124)), "retransmitted FIN");
+        // The other direction's FIN closes it: transitory.
+        if first_fin_out {
+            fin_in(&mut n, m(63)).unwrap();
+        } else {
+            fin_out(&mut n, m(63)).unwrap();
+        }
+        assert_eq!(n.poll_timeout(), Some(m(63 + 4)), "closed both ways");
+    }
+    // An RST alone is enough.
+    let mut n = nat(cfg(
+        Behavior::EndpointIndependent,
+        Behavior::AddressAndPortDependent,
+    ));
+    let e = n
+        .outbound_tcp(t0, host, server, TcpFlags::SYN)
+        .unwrap()
+        .external;
+    n.inbound_tcp(t0, server, e, TcpFlags::SYN | TcpFlags::ACK)
+        .unwrap();
+    n.outbound_tcp(m(1), host, server, TcpFlags::RST).unwrap();
+    assert_eq!(n.poll_timeout(), Some(m(5)));
 }
 
 /// RFC 5382 REQ-5 / RFC 6146 §3.5.2.2: a new connection on a 4-tuple whose previous
