@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Behavior, ConfigError, Mode, NatConfig, Pooling, PortAssignment};
 
 /// Most sessions (remote endpoints) one mapping remembers. When full, a new remote endpoint
-/// evicts the session that expires first (counted in [`NatStats::sessions_evicted`]).
+/// evicts the session that expires first, preferring sessions the inside never sent to (opened
+/// by an inbound SYN) (counted in [`NatStats::sessions_evicted`]).
 pub const MAX_SESSIONS_PER_MAPPING: usize = 1024;
 
 /// Transport protocol of a flow.
@@ -563,25 +564,36 @@ impl Nat {
                 }
                 s.expires = s.last
                     + session_timeout(proto, s.tcp, udp_timeout, tcp.established, tcp.transitory);
+                if !inbound_refresh && !s.sent {
+                    // Opened by an inbound SYN and never answered: with inbound refresh off,
+                    // nothing but the inside may extend it (RFC 4787 REQ-6).
+                    s.expires = s.expires.min(before);
+                }
                 (Some(before), Some(s.expires))
             }
             _ => {
                 if proto == Protocol::Tcp && flags.syn() && !flags.rst() {
                     // An inbound SYN the filter let through opens a session (simultaneous
                     // open or an inbound connection through EIF/ADF); it grants no
-                    // permission (`sent` stays false).
+                    // permission (`sent` stays false). With inbound refresh off it must not
+                    // outlive the mapping either, or a stream of SYNs from anywhere would
+                    // keep the mapping alive (RFC 4787 REQ-6).
                     let st = TcpState {
                         syn_in: true,
                         ..TcpState::default()
                     };
+                    let mut expires = now + tcp.transitory;
+                    if !inbound_refresh {
+                        expires = expires.min(m.expires);
+                    }
                     let s = Session {
                         last: now,
                         sent: false,
                         tcp: st,
-                        expires: now + tcp.transitory,
+                        expires,
                     };
                     insert_session(m, remote, s, now, &mut self.stats);
-                    (None, Some(now + tcp.transitory))
+                    (None, Some(expires))
                 } else if inbound_refresh {
                     let t = if proto == Protocol::Tcp {
                         tcp.transitory
@@ -944,10 +956,12 @@ fn insert_session(
         m.sessions.retain(|_, s| s.expires > now);
     }
     if m.sessions.len() >= MAX_SESSIONS_PER_MAPPING {
+        // Sessions only opened by inbound SYNs (`sent == false`) go first: anyone can make
+        // those, and they must not push out the sessions the inside opened.
         let victim = m
             .sessions
             .iter()
-            .min_by_key(|(r, s)| (s.expires, **r))
+            .min_by_key(|(r, s)| (s.sent, s.expires, **r))
             .map(|(r, _)| *r);
         if let Some(v) = victim {
             m.sessions.remove(&v);

@@ -638,6 +638,86 @@ fn rfc5382_inbound_syn_with_eif() {
     assert_eq!(n.poll_timeout(), Some(t0 + Duration::from_secs(124 * 60)));
 }
 
+/// RFC 4787 REQ-6 (applied to TCP by RFC 5382): with `inbound_refresh` off, inbound packets
+/// never keep a mapping alive, unsolicited SYNs that endpoint-independent filtering lets
+/// through included.
+#[test]
+fn rfc4787_req6_inbound_syns_do_not_refresh_when_inbound_refresh_is_off() {
+    let t0 = Instant::now();
+    let s = |secs: u64| t0 + Duration::from_secs(secs);
+    let host = sa("192.168.1.2:40000");
+    let mut n = nat(NatConfig {
+        inbound_refresh: false,
+        ..cfg(Behavior::EndpointIndependent, Behavior::EndpointIndependent)
+    });
+    let e = n
+        .outbound_tcp(t0, host, sa("198.51.100.1:443"), TcpFlags::SYN)
+        .unwrap()
+        .external;
+    assert_eq!(n.poll_timeout(), Some(s(240)));
+    for (i, t) in [200u64, 210, 230, 239].into_iter().enumerate() {
+        let peer = std::net::SocketAddrV4::new(ip("198.51.100.9"), 1000 + i as u16);
+        assert_eq!(n.inbound_tcp(s(t), peer, e, TcpFlags::SYN), Ok(host));
+        // The same peer again: its session does not grow past the mapping either.
+        assert_eq!(n.inbound_tcp(s(t), peer, e, TcpFlags::SYN), Ok(host));
+        assert_eq!(n.poll_timeout(), Some(s(240)), "SYN at +{t}s");
+    }
+    assert_eq!(
+        n.inbound_tcp(s(241), sa("198.51.100.9:2000"), e, TcpFlags::SYN),
+        Err(DropReason::Expired)
+    );
+
+    // An inbound connection the host accepts is refreshed by the host's own SYN-ACK.
+    let e = n
+        .outbound_tcp(s(300), host, sa("198.51.100.1:443"), TcpFlags::SYN)
+        .unwrap()
+        .external;
+    let peer = sa("198.51.100.7:5555");
+    assert_eq!(n.inbound_tcp(s(310), peer, e, TcpFlags::SYN), Ok(host));
+    n.outbound_tcp(s(320), host, peer, TcpFlags::SYN | TcpFlags::ACK)
+        .unwrap();
+    assert_eq!(n.poll_timeout(), Some(s(320 + 124 * 60)));
+}
+
+/// Bounded session state must not let strangers push out real sessions: when a mapping holds
+/// `MAX_SESSIONS_PER_MAPPING` sessions, sessions opened by unsolicited inbound SYNs (which
+/// carry no filtering permission, RFC 4787 §5) are evicted before ones the host sent to.
+#[test]
+fn inbound_syn_spray_cannot_evict_sessions_the_host_opened() {
+    let t0 = Instant::now();
+    let host = sa("192.168.1.2:40000");
+    let server = sa("198.51.100.1:443");
+    let mut n = nat(cfg(
+        Behavior::EndpointIndependent,
+        Behavior::EndpointIndependent,
+    ));
+    // Waiting for the server's SYN-ACK: transitory, so it expires before the spray's SYNs.
+    let e = n
+        .outbound_tcp(t0, host, server, TcpFlags::SYN)
+        .unwrap()
+        .external;
+    let t1 = t0 + Duration::from_secs(10);
+    for i in 0..nat::MAX_SESSIONS_PER_MAPPING as u32 + 5 {
+        let o = i.to_be_bytes();
+        let peer = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, o[2], o[3]), 1000);
+        assert_eq!(n.inbound_tcp(t1, peer, e, TcpFlags::SYN), Ok(host));
+    }
+    assert_eq!(n.stats().sessions_evicted, 6);
+    let info = n.mappings().next().unwrap();
+    assert_eq!(
+        info.permitted,
+        vec![server],
+        "the host's own session survived"
+    );
+    // And it still completes its handshake into an established connection.
+    let t2 = t0 + Duration::from_secs(20);
+    assert_eq!(
+        n.inbound_tcp(t2, server, e, TcpFlags::SYN | TcpFlags::ACK),
+        Ok(host)
+    );
+    assert_eq!(n.poll_timeout(), Some(t2 + Duration::from_secs(124 * 60)));
+}
+
 #[test]
 fn firewall_mode_filters_without_translating() {
     let now = Instant::now();
