@@ -562,8 +562,10 @@ impl Nat {
                 if inbound_refresh {
                     s.last = now;
                 }
-                s.expires = s.last
-                    + session_timeout(proto, s.tcp, udp_timeout, tcp.established, tcp.transitory);
+                s.expires = deadline(
+                    s.last,
+                    session_timeout(proto, s.tcp, udp_timeout, tcp.established, tcp.transitory),
+                );
                 if !inbound_refresh && !s.sent {
                     // Opened by an inbound SYN and never answered: with inbound refresh off,
                     // nothing but the inside may extend it (RFC 4787 REQ-6).
@@ -582,7 +584,7 @@ impl Nat {
                         syn_in: true,
                         ..TcpState::default()
                     };
-                    let mut expires = now + tcp.transitory;
+                    let mut expires = deadline(now, tcp.transitory);
                     if !inbound_refresh {
                         expires = expires.min(m.expires);
                     }
@@ -601,8 +603,9 @@ impl Nat {
                         udp_timeout
                     };
                     // Only ever grows: `now` does not go backwards.
-                    m.base_expires = Some(now + t);
-                    (None, Some(now + t))
+                    let e = deadline(now, t);
+                    m.base_expires = Some(e);
+                    (None, Some(e))
                 } else {
                     (None, None)
                 }
@@ -701,8 +704,10 @@ impl Nat {
         if proto == Protocol::Tcp {
             s.tcp.on_segment(flags, true);
         }
-        s.expires =
-            now + session_timeout(proto, s.tcp, udp_timeout, tcp.established, tcp.transitory);
+        s.expires = deadline(
+            now,
+            session_timeout(proto, s.tcp, udp_timeout, tcp.established, tcp.transitory),
+        );
         let new_s = s.expires;
         session_changed(m, old_s, new_s);
         let new = m.expires;
@@ -916,6 +921,15 @@ impl Nat {
     }
 }
 
+/// `t + d` without the panic on overflow: a validated configuration keeps `d` at most
+/// [`NatConfig::MAX_TIMEOUT`], but the per-packet paths must not panic whatever they are
+/// given. An unrepresentable instant saturates to `t + MAX_TIMEOUT`, or `t` itself.
+fn deadline(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(NatConfig::MAX_TIMEOUT))
+        .unwrap_or(t)
+}
+
 fn session_timeout(
     proto: Protocol,
     tcp: TcpState,
@@ -988,5 +1002,48 @@ fn recompute_expiry(m: &mut Mapping) {
     }
     if let Some(e) = e {
         m.expires = e;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Even a configuration that skipped validation (timeouts of `Duration::MAX`) must not
+    /// panic on `Instant` arithmetic in the per-packet paths.
+    #[test]
+    fn unvalidated_huge_timeouts_do_not_panic() {
+        let ext = Ipv4Addr::new(203, 0, 113, 1);
+        let cfg = NatConfig::preset("full-cone", vec![ext]).ok_or(ConfigError::NoMappings);
+        let Ok(Ok(mut n)) = cfg.map(|c| Nat::new(c, 1)) else {
+            panic!("preset");
+        };
+        n.config.udp_timeout = Duration::MAX;
+        n.config.tcp.established = Duration::MAX;
+        n.config.tcp.transitory = Duration::MAX;
+        let now = Instant::now();
+        let host = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 5000);
+        let server = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 443);
+        let other = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 443);
+        let e = n
+            .outbound(now, Protocol::Udp, host, server)
+            .map(|o| o.external);
+        assert_eq!(e, Ok(SocketAddrV4::new(ext, 5000)));
+        let e = SocketAddrV4::new(ext, 5000);
+        assert_eq!(n.inbound(now, Protocol::Udp, other, e), Ok(host));
+        let t = n
+            .outbound_tcp(now, host, server, TcpFlags::SYN)
+            .map(|o| o.external);
+        assert_eq!(t, Ok(e));
+        assert_eq!(n.inbound_tcp(now, other, e, TcpFlags::SYN), Ok(host));
+        assert_eq!(
+            n.inbound_tcp(now, server, e, TcpFlags::SYN | TcpFlags::ACK),
+            Ok(host)
+        );
+        // Still live much later.
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(n.inbound(later, Protocol::Udp, server, e), Ok(host));
+        n.handle_timeout(later);
+        assert_eq!(n.mapping_count(), 2);
     }
 }

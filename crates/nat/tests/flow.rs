@@ -802,6 +802,18 @@ fn table_full_until_mappings_expire() {
     assert_eq!(n.stats().mappings_created, 3);
 }
 
+/// A timeout too large for `Instant` arithmetic is refused up front, not met as a panic on
+/// the first packet.
+#[test]
+fn nat_new_refuses_unbounded_timeouts() {
+    let mut c = cfg(Behavior::EndpointIndependent, Behavior::EndpointIndependent);
+    c.udp_timeout = Duration::MAX;
+    assert_eq!(
+        Nat::new(c, 1).unwrap_err(),
+        nat::ConfigError::TimeoutTooLong("udp_timeout")
+    );
+}
+
 #[test]
 fn drop_reasons_have_distinct_names() {
     let names: std::collections::BTreeSet<&str> =
