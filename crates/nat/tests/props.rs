@@ -34,9 +34,10 @@ fn config() -> impl Strategy<Value = NatConfig> {
         prop_oneof![Just(Pooling::Paired), Just(Pooling::Arbitrary)],
         any::<bool>(),
         prop_oneof![Just((1024u16, 65535u16)), Just((5000u16, 5011u16))],
+        prop_oneof![Just(65536usize), 1usize..=4],
     )
         .prop_map(
-            |(mapping, filtering, pa, parity, n_ext, pooling, refresh, range)| NatConfig {
+            |(mapping, filtering, pa, parity, n_ext, pooling, refresh, range, max)| NatConfig {
                 mapping,
                 filtering,
                 port_assignment: pa,
@@ -49,6 +50,7 @@ fn config() -> impl Strategy<Value = NatConfig> {
                 udp_timeout: Duration::from_secs(30),
                 inbound_refresh: refresh,
                 hairpinning: true,
+                max_mappings: max,
                 ..NatConfig::default()
             },
         )
@@ -60,6 +62,8 @@ enum Op {
     Out(usize, usize, u64),
     /// Remote index -> one of the external endpoints seen so far (index) or a made-up one.
     In(usize, usize, u64),
+    /// `handle_timeout` after `dt` seconds.
+    Tick(u64),
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
@@ -67,6 +71,7 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
         prop_oneof![
             (0usize..6, 0usize..6, 0u64..12).prop_map(|(a, b, t)| Op::Out(a, b, t)),
             (0usize..6, 0usize..16, 0u64..12).prop_map(|(a, b, t)| Op::In(a, b, t)),
+            (0u64..20).prop_map(Op::Tick),
         ],
         1..80,
     )
@@ -109,6 +114,8 @@ impl OMapping {
 struct Oracle {
     c: NatConfig,
     maps: Vec<OMapping>,
+    /// Sequential assignment: the next port to try per external IP.
+    cursor: HashMap<Ipv4Addr, u16>,
 }
 
 impl Oracle {
@@ -125,6 +132,26 @@ impl Oracle {
     }
     fn gc(&mut self, now: Instant) {
         self.maps.retain(|m| m.expires() > now);
+    }
+    /// Is `(ip, port)` free for a new mapping of internal port `want`: in range, of the
+    /// right parity (REQ-4) and not held by a live mapping.
+    fn port_free(&self, ip: Ipv4Addr, port: u16, want: u16) -> bool {
+        let (lo, hi) = self.c.port_range;
+        (lo..=hi).contains(&port)
+            && (!self.c.port_parity || port % 2 == want % 2)
+            && !self
+                .maps
+                .iter()
+                .any(|m| m.external == SocketAddrV4::new(ip, port))
+    }
+    /// Sequential assignment (RFC 4787 §4.2.1): the first free port at or after the port
+    /// following the previous assignment on `ip`, wrapping around the range.
+    fn next_sequential(&self, ip: Ipv4Addr, want: u16) -> Option<u16> {
+        let (lo, hi) = self.c.port_range;
+        let start = self.cursor.get(&ip).copied().unwrap_or(lo);
+        (start..=hi)
+            .chain(lo..start)
+            .find(|p| self.port_free(ip, *p, want))
     }
     /// RFC 4787 §5 from the definitions.
     fn permits(&self, m: &OMapping, remote: SocketAddrV4, now: Instant) -> bool {
@@ -149,7 +176,7 @@ proptest! {
     fn nat_matches_rfc4787_oracle(c in config(), ops in ops(), seed in any::<u64>()) {
         let t = c.udp_timeout;
         let mut n = Nat::new(c.clone(), seed).unwrap();
-        let mut o = Oracle { c: c.clone(), maps: Vec::new() };
+        let mut o = Oracle { c: c.clone(), maps: Vec::new(), cursor: HashMap::new() };
         let mut now = Instant::now();
         let mut seen_ext: Vec<SocketAddrV4> = Vec::new();
         for op in ops {
@@ -167,9 +194,27 @@ proptest! {
                             m.sent.insert(dst, now + t);
                         }
                         None => match got {
+                            Err(DropReason::TableFull) => {
+                                prop_assert!(o.maps.len() >= c.max_mappings, "table full with {} live", o.maps.len());
+                            }
                             Ok(out) => {
+                                prop_assert!(o.maps.len() < c.max_mappings, "max_mappings {} exceeded", c.max_mappings);
                                 prop_assert!(out.hairpin_to.is_none());
                                 let e = out.external;
+                                match c.port_assignment {
+                                    // REQ-3/§4.2.1: a free internal port is kept.
+                                    PortAssignment::Preserve if o.port_free(*e.ip(), src.port(), src.port()) => {
+                                        prop_assert_eq!(e.port(), src.port(), "preservation");
+                                    }
+                                    // Ports are handed out in order from the last one.
+                                    PortAssignment::Sequential => {
+                                        prop_assert_eq!(Some(e.port()), o.next_sequential(*e.ip(), src.port()), "sequential");
+                                        let (lo, hi) = c.port_range;
+                                        let next = if e.port() >= hi { lo } else { e.port() + 1 };
+                                        o.cursor.insert(*e.ip(), next);
+                                    }
+                                    _ => {}
+                                }
                                 prop_assert!(c.external.contains(e.ip()));
                                 prop_assert!((c.port_range.0..=c.port_range.1).contains(&e.port()));
                                 if c.port_parity {
@@ -186,8 +231,18 @@ proptest! {
                                 seen_ext.push(e);
                             }
                             Err(DropReason::PortsExhausted) => {
-                                // Only with the small range: 12 ports (6 per parity).
+                                // Only with the small range: 12 ports (6 per parity), and
+                                // only when no external IP has one free.
+                                prop_assert!(o.maps.len() < c.max_mappings);
                                 prop_assert!(c.port_range.1 - c.port_range.0 < 100);
+                                let paired = o.maps.iter().find(|m| m.internal.ip() == src.ip());
+                                let pool = match (c.pooling, paired) {
+                                    (Pooling::Paired, Some(m)) => vec![*m.external.ip()],
+                                    _ => c.external.clone(),
+                                };
+                                for ip in pool {
+                                    prop_assert_eq!(o.next_sequential(ip, src.port()), None, "a port is free on {}", ip);
+                                }
                             }
                             Err(e) => prop_assert!(false, "unexpected {:?}", e),
                         },
@@ -217,6 +272,17 @@ proptest! {
                             "{:?}", got
                         ),
                     }
+                }
+                Op::Tick(dt) => {
+                    now += Duration::from_secs(dt);
+                    o.gc(now);
+                    n.handle_timeout(now);
+                    // Every expired mapping is gone, every live one kept, and the next
+                    // wake-up is the earliest live expiry.
+                    prop_assert_eq!(n.mapping_count(), o.maps.len());
+                    prop_assert_eq!(n.poll_timeout(), o.maps.iter().map(OMapping::expires).min());
+                    let st = n.stats();
+                    prop_assert_eq!(st.mappings_created - st.mappings_expired, o.maps.len() as u64);
                 }
             }
             // Invariants over the implementation's live mappings.
