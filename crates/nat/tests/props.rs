@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use common::{assert_checksums, endpoints, tcp, udp_opts};
+use common::{assert_checksums, endpoints, icmp_echo, icmp_error, tcp, udp, udp_opts};
 use nat::{Behavior, DropReason, Nat, NatConfig, Pooling, PortAssignment, Protocol, Side};
 use proptest::prelude::*;
 
@@ -164,6 +164,82 @@ impl Oracle {
             Behavior::AddressAndPortDependent => m.sent.get(&remote).is_some_and(|t| *t > now),
         }
     }
+}
+
+/// A NAT (one of a few presets) with live UDP, TCP and ICMP echo mappings made by real
+/// packets, and a valid packet of `kind` for those mappings:
+/// 0-5 UDP, TCP, echo outbound then inbound; 6-8 ICMP errors from outside quoting our
+/// translated UDP, TCP, echo request (RFC 5508 §4 direction out->in); 9-11 ICMP errors from
+/// inside quoting the translated inbound UDP, TCP, echo reply. Returns the NAT, the packet,
+/// the side it arrives on, the side it must leave by and, for an ICMP error, the endpoint
+/// the quoted packet must carry after translation (its source from outside, its
+/// destination from inside).
+fn live_traffic(
+    preset: &str,
+    kind: usize,
+    seed: u64,
+) -> (Nat, Vec<u8>, Side, Side, Option<SocketAddrV4>) {
+    let ext_ip = Ipv4Addr::new(203, 0, 113, 1);
+    let mut n = Nat::new(NatConfig::preset(preset, vec![ext_ip]).unwrap(), seed).unwrap();
+    let now = Instant::now();
+    let host = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 5000);
+    let host_tcp = SocketAddrV4::new(*host.ip(), 40000);
+    let server = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 3478);
+    let server_tcp = SocketAddrV4::new(*server.ip(), 443);
+    let router = Ipv4Addr::new(198, 51, 100, 254);
+    let out = |n: &mut Nat, mut p: Vec<u8>| {
+        assert_eq!(n.process(now, Side::Inside, &mut p), Ok(Side::Outside));
+        p
+    };
+    let inb = |n: &mut Nat, mut p: Vec<u8>| {
+        assert_eq!(n.process(now, Side::Outside, &mut p), Ok(Side::Inside));
+        p
+    };
+    // Outbound first: they make the mappings.
+    let u_out = out(&mut n, udp(host, server, b"udp payload"));
+    let t_out = out(&mut n, tcp(host_tcp, server_tcp, 0x02, b""));
+    let e_out = out(&mut n, icmp_echo(*host.ip(), *server.ip(), 8, 77, 1));
+    let (ue, _) = endpoints(&u_out);
+    let (te, _) = endpoints(&t_out);
+    let (ee, _) = endpoints(&e_out);
+    // Replies as the host receives them.
+    let u_in = inb(&mut n, udp(server, ue, b"reply"));
+    let t_in = inb(&mut n, tcp(server_tcp, te, 0x12, b""));
+    let e_in = inb(&mut n, icmp_echo(*server.ip(), *ee.ip(), 0, ee.port(), 1));
+    let from_out = |inner: &[u8]| icmp_error(router, *ue.ip(), 3, 3, inner);
+    let from_in = |inner: &[u8]| icmp_error(*host.ip(), *server.ip(), 3, 3, inner);
+    let (pkt, side) = match kind {
+        0 => (udp(host, server, b"more"), Side::Inside),
+        1 => (udp(server, ue, b"more"), Side::Outside),
+        2 => (tcp(host_tcp, server_tcp, 0x10, b"data"), Side::Inside),
+        3 => (tcp(server_tcp, te, 0x10, b"data"), Side::Outside),
+        4 => (icmp_echo(*host.ip(), *server.ip(), 8, 77, 2), Side::Inside),
+        5 => (
+            icmp_echo(*server.ip(), *ee.ip(), 0, ee.port(), 2),
+            Side::Outside,
+        ),
+        6 => (from_out(&u_out), Side::Outside),
+        // RFC 792: the IP header and the first 8 bytes of the transport header.
+        7 => (from_out(&t_out[..28]), Side::Outside),
+        8 => (from_out(&e_out), Side::Outside),
+        9 => (from_in(&u_in), Side::Inside),
+        10 => (from_in(&t_in[..28]), Side::Inside),
+        _ => (from_in(&e_in), Side::Inside),
+    };
+    let leaves = match side {
+        Side::Inside => Side::Outside,
+        Side::Outside => Side::Inside,
+    };
+    let quoted = match kind {
+        6 => Some(host),
+        7 => Some(host_tcp),
+        8 => Some(SocketAddrV4::new(*host.ip(), 77)),
+        9 => Some(ue),
+        10 => Some(te),
+        11 => Some(ee),
+        _ => None,
+    };
+    (n, pkt, side, leaves, quoted)
 }
 
 proptest! {
@@ -333,6 +409,56 @@ proptest! {
         prop_assert_eq!(n.process(now, Side::Outside, &mut r), Ok(Side::Inside));
         assert_checksums(&r);
         prop_assert_eq!(endpoints(&r), (d, s));
+    }
+
+    /// Valid packets for live mappings (UDP, TCP, ICMP echo both ways, and ICMP errors both
+    /// ways quoting a packet of a live mapping), then byte flips and truncation: `process`
+    /// never panics and never changes the length; unmutated packets are translated, leave by
+    /// the other side with valid checksums, and errors count as translated ICMP errors.
+    #[test]
+    fn process_never_panics_on_mutated_live_traffic(
+        preset in prop_oneof![
+            Just("full-cone"), Just("port-restricted-cone"), Just("symmetric"),
+            Just("symmetric-random"), Just("firewall"),
+        ],
+        kind in 0usize..12,
+        flips in proptest::collection::vec((any::<usize>(), 1u8..), 0..4),
+        cut in proptest::option::weighted(0.2, any::<usize>()),
+        seed in any::<u64>(),
+    ) {
+        let (mut n, mut pkt, side, leaves, quoted) = live_traffic(preset, kind, seed);
+        let now = Instant::now();
+        let pristine = flips.is_empty() && cut.is_none();
+        let len0 = pkt.len();
+        for (i, x) in &flips {
+            pkt[i % len0] ^= x;
+        }
+        if let Some(c) = cut {
+            pkt.truncate(c % len0);
+        }
+        let len = pkt.len();
+        let errors = n.stats().icmp_errors;
+        let got = n.process(now, side, &mut pkt);
+        prop_assert_eq!(pkt.len(), len);
+        if pristine {
+            prop_assert_eq!(got, Ok(leaves), "{} kind {}", preset, kind);
+            assert_checksums(&pkt);
+            prop_assert_eq!(n.stats().icmp_errors, errors + u64::from(quoted.is_some()));
+            if let Some(q) = quoted {
+                // The quoted header starts after the outer IP (20) and ICMP (8) headers; its
+                // source (from outside) or destination (from inside) was translated back.
+                let inner = &pkt[28..];
+                let (addr_off, port_off) = match (side, inner[9]) {
+                    (Side::Outside, 1) => (12, 24),
+                    (Side::Inside, 1) => (16, 24),
+                    (Side::Outside, _) => (12, 20),
+                    (Side::Inside, _) => (16, 22),
+                };
+                let a: [u8; 4] = inner[addr_off..addr_off + 4].try_into().unwrap();
+                let port = u16::from_be_bytes([inner[port_off], inner[port_off + 1]]);
+                prop_assert_eq!(SocketAddrV4::new(Ipv4Addr::from(a), port), q);
+            }
+        }
     }
 
     /// `process` never panics, on random bytes or on random bytes behind a valid-looking
