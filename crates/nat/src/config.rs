@@ -107,7 +107,8 @@ pub struct NatConfig {
     pub port_assignment: PortAssignment,
     /// Keep the parity of the internal port (RFC 4787 REQ-4).
     pub port_parity: bool,
-    /// External ports, inclusive.
+    /// External ports, inclusive, for every internal source port (well-known ones too: the
+    /// 0-1023 / 1024-65535 split of RFC 4787 REQ-3 a is not modelled).
     pub port_range: (u16, u16),
     /// External addresses (at least one in `Mode::Nat`; unused otherwise).
     pub external: Vec<Ipv4Addr>,

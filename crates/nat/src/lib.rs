@@ -43,8 +43,9 @@
 //!
 //! - RFC 4787 §4.1 mapping (endpoint-independent, address-dependent,
 //!   address-and-port-dependent; REQ-1), pooling paired/arbitrary (REQ-2);
-//!   §4.2 port assignment (preservation with fallback, sequential, random; REQ-3 ranges,
-//!   REQ-4 parity); §4.3 mapping refresh (REQ-5 timeout, REQ-6 outbound always refreshes,
+//!   §4.2 port assignment (preservation with fallback, sequential, random, all within one
+//!   configured `port_range`; REQ-3 no port overloading: an external endpoint belongs to
+//!   one live mapping; REQ-4 parity); §4.3 mapping refresh (REQ-5 timeout, REQ-6 outbound always refreshes,
 //!   inbound per `inbound_refresh`); §5 filtering (REQ-8); §6 hairpinning (REQ-9: the
 //!   hairpinned packet carries the sender's external endpoint and passes the target's
 //!   filtering as if it came from outside).
@@ -71,7 +72,8 @@
 //! followers get lost: a datagram that needs fragmenting does not cross this NAT); ALGs;
 //! TTL decrement and ICMP generation by the NAT itself (it never answers pings to its own
 //! addresses and never sends port-unreachable); holding unsolicited SYNs; IP options are
-//! carried but not interpreted.
+//! carried but not interpreted; RFC 4787 REQ-3 a (source ports 0-1023 kept in 0-1023,
+//! others in 1024-65535): every source port maps into the one `port_range`.
 //!
 //! # Memory
 //!

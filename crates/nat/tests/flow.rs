@@ -132,7 +132,8 @@ fn filtering_state_belongs_to_the_mapping() {
     assert_eq!(n.stats().dropped(DropReason::NotForUs), 1);
 }
 
-/// RFC 4787 REQ-3/§4.2.1: preservation, and a fallback when the port is taken.
+/// RFC 4787 §4.2.1 preservation, and REQ-3 (no port overloading): a fallback port when the
+/// preserved one is taken.
 #[test]
 fn port_preservation_with_collision_fallback() {
     let now = Instant::now();

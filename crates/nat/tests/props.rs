@@ -278,7 +278,7 @@ proptest! {
                                 prop_assert!(out.hairpin_to.is_none());
                                 let e = out.external;
                                 match c.port_assignment {
-                                    // REQ-3/§4.2.1: a free internal port is kept.
+                                    // §4.2.1 port preservation: a free internal port is kept.
                                     PortAssignment::Preserve if o.port_free(*e.ip(), src.port(), src.port()) => {
                                         prop_assert_eq!(e.port(), src.port(), "preservation");
                                     }
