@@ -24,6 +24,11 @@ use crate::topology::{Side, Translator, Verdict};
 const MAX_HOPS: u8 = 32;
 /// Reads from one device before the loop looks at the others.
 const READ_BURST: usize = 64;
+/// Nice value of the packet loop thread when it cannot be real-time.
+const FABRIC_NICE: i32 = -10;
+/// Environment variable that chooses the packet loop's scheduling: `fifo` (default),
+/// `nice` or `normal`.
+const SCHED_ENV: &str = "NATSCOPE_FABRIC_SCHED";
 const CONTROL_TOKEN: u64 = u64::MAX;
 const BUF_LEN: usize = 65_536;
 
@@ -269,6 +274,7 @@ impl Engine {
     }
 
     fn run_inner(&mut self) -> std::io::Result<()> {
+        raise_priority();
         let epoll = sys::Epoll::new()?;
         epoll.add(self.shared.wake.as_raw_fd(), CONTROL_TOKEN)?;
         for (i, a) in self.atts.iter().enumerate() {
@@ -566,6 +572,29 @@ impl Engine {
                 None
             }
         }
+    }
+}
+
+/// Give the packet loop precedence over the programs whose packets it moves, as the kernel's
+/// softirq has on a real hop. Without it a saturating sender (or any busy neighbour) takes
+/// the CPU the loop needs, its packets pile up and die in the TUN queue, and the CPU spent
+/// sending them is wasted. SCHED_FIFO at the lowest real-time priority: the loop preempts
+/// normal threads when a packet is ready and sleeps in epoll otherwise; the kernel's RT
+/// throttling (95 % by default) still bounds it under a flood. Falls back to nice -10, then
+/// to the default, without CAP_SYS_NICE. `NATSCOPE_FABRIC_SCHED=nice|normal` opts out.
+fn raise_priority() {
+    let mode = std::env::var(SCHED_ENV).unwrap_or_default();
+    if mode == "normal" {
+        return;
+    }
+    if mode != "nice" {
+        match sys::set_thread_fifo(1) {
+            Ok(()) => return,
+            Err(e) => tracing::debug!("packet loop stays out of SCHED_FIFO: {e}"),
+        }
+    }
+    if let Err(e) = sys::set_thread_nice(FABRIC_NICE) {
+        tracing::debug!("could not raise the packet loop's priority: {e}");
     }
 }
 

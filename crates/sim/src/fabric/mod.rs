@@ -20,6 +20,9 @@
 //! # Packet loop
 //! One OS thread (see `engine`) owns every TUN descriptor: epoll plus a timer queue for
 //! impaired links. Links without impairment take a fast path: no copy, no queue.
+//! The loop thread runs SCHED_FIFO (lowest real-time priority; nice -10 if that is not
+//! allowed) so that, like the kernel's softirq on a real hop, it is not starved by the
+//! programs whose packets it moves; `NATSCOPE_FABRIC_SCHED=nice|normal` opts out.
 //! pcap files record packets as they leave a link (lost packets are not in them).
 
 mod engine;

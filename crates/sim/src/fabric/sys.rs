@@ -229,6 +229,26 @@ pub(crate) fn write(fd: RawFd, buf: &[u8]) -> io::Result<()> {
     }
 }
 
+/// Set the nice value of the calling thread (on Linux the nice value is per thread).
+pub(crate) fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let who = libc::id_t::try_from(tid).map_err(|_| io::Error::other("negative thread id"))?;
+    // SAFETY: plain setpriority(2) call on our own thread id.
+    check(unsafe { libc::setpriority(libc::PRIO_PROCESS, who, nice) })?;
+    Ok(())
+}
+
+/// Put the calling thread in the SCHED_FIFO class at `priority` (1 = lowest real-time).
+pub(crate) fn set_thread_fifo(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param for the call; pid 0 is the calling thread.
+    check(unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) })?;
+    Ok(())
+}
+
 /// A non-blocking eventfd: how other threads wake the packet loop.
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain eventfd(2) call.
