@@ -45,6 +45,13 @@ pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// long (§12).
 pub const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
 
+/// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11; comprehension-optional).
+pub const ATTR_ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+/// ADDRESS-ERROR-CODE (RFC 8656 §18.12): why one family of a dual allocation failed.
+pub const ATTR_ADDRESS_ERROR_CODE: u16 = 0x8001;
+/// ICMP (RFC 8656 §18.13).
+pub const ATTR_ICMP: u16 = 0x8004;
+
 /// ChannelData header: channel number (2) and length (2).
 pub const CHANNEL_DATA_HEADER: usize = 4;
 
