@@ -52,6 +52,11 @@ pub const ATTR_ADDRESS_ERROR_CODE: u16 = 0x8001;
 /// ICMP (RFC 8656 §18.13).
 pub const ATTR_ICMP: u16 = 0x8004;
 
+/// Highest channel number of RFC 5766 (0x4000-0x7FFF). RFC 8656 §12 reserves 0x5000-0x7FFF,
+/// but RFC 5766 clients (coturn's `turnutils_uclient` among them) still pick numbers there, so
+/// a server may accept them for compatibility.
+pub const CHANNEL_MAX_RFC5766: u16 = 0x7FFF;
+
 /// ChannelData header: channel number (2) and length (2).
 pub const CHANNEL_DATA_HEADER: usize = 4;
 

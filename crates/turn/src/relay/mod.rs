@@ -139,6 +139,9 @@ pub struct RelayConfig {
     pub software: Option<String>,
     /// Seed for transaction IDs of Data indications.
     pub seed: u64,
+    /// Accept RFC 5766 channel numbers 0x5000-0x7FFF too (RFC 8656 reserves them; RFC 5766
+    /// clients such as coturn's still use them). Default true.
+    pub rfc5766_channels: bool,
 }
 
 impl Default for RelayConfig {
@@ -154,6 +157,7 @@ impl Default for RelayConfig {
             bandwidth: None,
             software: None,
             seed: 0,
+            rfc5766_channels: true,
         }
     }
 }
@@ -484,7 +488,7 @@ impl Server {
         packet: &[u8],
         out: &mut [u8],
     ) -> Output {
-        match proto::framing(packet) {
+        match self.framing(packet) {
             Framing::ChannelData => self.channel_data(now, five, packet),
             Framing::Stun => match Message::parse(packet) {
                 Ok(msg) => self.stun(now, ports, five, &msg, out),
@@ -500,8 +504,25 @@ impl Server {
         }
     }
 
+    /// What a client's packet is: [`proto::framing`], widened to 0x40-0x7F for ChannelData
+    /// when RFC 5766 channel numbers are accepted.
+    pub fn framing(&self, packet: &[u8]) -> Framing {
+        match packet.first() {
+            Some(0x50..=0x7F) if self.shared.config.rfc5766_channels => Framing::ChannelData,
+            _ => proto::framing(packet),
+        }
+    }
+
+    fn channel_max(&self) -> u16 {
+        if self.shared.config.rfc5766_channels {
+            proto::CHANNEL_MAX_RFC5766
+        } else {
+            proto::CHANNEL_MAX
+        }
+    }
+
     fn channel_data(&mut self, now: Instant, five: FiveTuple, packet: &[u8]) -> Output {
-        let Ok(cd) = ChannelData::parse(packet) else {
+        let Some(cd) = parse_channel_data(packet, self.channel_max()) else {
             self.counters.drop(DropReason::Malformed);
             return Output::None;
         };
@@ -642,7 +663,7 @@ impl Server {
             .get(&peer)
             .and_then(|n| a.channels.get(n).filter(|c| c.expires > now).map(|_| *n));
         let len = match channel {
-            Some(n) => ChannelData::write(out, n, data, five.transport != Transport::Udp).ok(),
+            Some(n) => write_channel_data(out, n, data, five.transport != Transport::Udp),
             None => {
                 let id = self.next_id();
                 data_indication(out, &id, peer, data).ok()
@@ -1140,7 +1161,7 @@ impl Server {
             Some(&[a, b, 0, 0]) => u16::from_be_bytes([a, b]),
             _ => return Err(fail(400, "Bad Request: bad or missing CHANNEL-NUMBER")),
         };
-        if !proto::is_valid_channel(number) {
+        if !(proto::CHANNEL_MIN..=self.channel_max()).contains(&number) {
             return Err(fail(400, "Bad Request: channel number out of range"));
         }
         let Some(Ok(peer)) = msg.address(attr::XOR_PEER_ADDRESS) else {
@@ -1285,6 +1306,30 @@ impl Server {
             }
         }
     }
+}
+
+/// [`ChannelData::parse`] with channel numbers up to `max`.
+fn parse_channel_data(bytes: &[u8], max: u16) -> Option<ChannelData<'_>> {
+    let header = bytes.get(..proto::CHANNEL_DATA_HEADER)?;
+    let channel = u16::from_be_bytes([header[0], header[1]]);
+    if !(proto::CHANNEL_MIN..=max).contains(&channel) {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let data = bytes.get(proto::CHANNEL_DATA_HEADER..)?.get(..len)?;
+    Some(ChannelData { channel, data })
+}
+
+/// [`ChannelData::write`] for any channel number the core accepted.
+fn write_channel_data(out: &mut [u8], channel: u16, data: &[u8], padded: bool) -> Option<usize> {
+    let len = u16::try_from(data.len()).ok()?;
+    let total = ChannelData::wire_len(data.len(), padded);
+    let buf = out.get_mut(..total)?;
+    buf[0..2].copy_from_slice(&channel.to_be_bytes());
+    buf[2..4].copy_from_slice(&len.to_be_bytes());
+    buf[4..4 + data.len()].copy_from_slice(data);
+    buf[4 + data.len()..].fill(0);
+    Some(total)
 }
 
 /// Write a Data indication (RFC 8656 §11.4).

@@ -651,7 +651,7 @@ fn quota_486_and_capacity_508() {
         Quota::new(0, 0),
         Pool::new(50000..=50001, false),
     );
-    let t0 = rig.t0;
+    let _t0 = rig.t0;
     allocated(&mut rig, 4000, "alice", "pw-a");
     allocated(&mut rig, 4001, "alice", "pw-a");
     let mut c = Client::new(five(4002), "alice", "pw-a");
@@ -750,7 +750,7 @@ fn channel_bind_rules_and_channel_data_both_ways() {
     let q = peer("198.51.100.21:7000");
     // §12: numbers outside 0x4000-0x4FFF, missing attributes: 400.
     assert_eq!(bind(&mut rig, &mut c, t, 0x3FFF, p), Some(400));
-    assert_eq!(bind(&mut rig, &mut c, t, 0x5000, p), Some(400));
+    assert_eq!(bind(&mut rig, &mut c, t, 0x8000, p), Some(400));
     let req = c.request(proto::CHANNEL_BIND, &|w| {
         w.address(attr::XOR_PEER_ADDRESS, p).unwrap();
     });
@@ -868,7 +868,7 @@ fn allocations_expire_and_release_their_ports() {
 #[test]
 fn close_all_frees_everything() {
     let mut rig = Rig::new();
-    let t0 = rig.t0;
+    let _t0 = rig.t0;
     allocated(&mut rig, 4000, "alice", "pw-a");
     allocated(&mut rig, 4001, "bob", "pw-b");
     rig.close();
@@ -943,4 +943,33 @@ fn garbage_never_panics_and_stores_nothing() {
 
 fn at(t0: Instant, secs: u64) -> Instant {
     t0 + Duration::from_secs(secs)
+}
+
+#[test]
+fn rfc5766_channel_numbers_are_a_switch() {
+    let p = peer("198.51.100.20:7000");
+    let mut rig = Rig::new();
+    let (mut c, relay) = allocated(&mut rig, 4000, "alice", "pw-a");
+    let t = rig.t0;
+    assert_eq!(bind(&mut rig, &mut c, t, 0x7FFF, p), None, "RFC 5766 range by default");
+    let cd = channel_data_raw(0x7FFF, b"hi");
+    assert_eq!(relayed(&rig.send(t, c.five, &cd), &cd), Some((relay, p, &b"hi"[..])));
+    let back = rig.peer_in(t, relay, p, b"yo").unwrap();
+    assert_eq!(&rig.out[..back.len], b"\x7f\xff\x00\x02yo");
+    let cfg = RelayConfig {
+        rfc5766_channels: false,
+        ..RelayConfig::default()
+    };
+    let mut rig = Rig::with(cfg, Quota::new(0, 0), Pool::new(50000..=50009, false));
+    let (mut c, _) = allocated(&mut rig, 4000, "alice", "pw-a");
+    let t = rig.t0;
+    assert_eq!(bind(&mut rig, &mut c, t, 0x5000, p), Some(400), "RFC 8656 strict");
+    assert_eq!(rig.send(t, c.five, &channel_data_raw(0x5000, b"hi")), Output::None);
+}
+
+fn channel_data_raw(n: u16, data: &[u8]) -> Vec<u8> {
+    let mut v = n.to_be_bytes().to_vec();
+    v.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    v.extend_from_slice(data);
+    v
 }
