@@ -269,9 +269,7 @@ fn read_users(path: &Path) -> Result<Vec<(String, String)>, String> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        out.push(
-            parse_user(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?,
-        );
+        out.push(parse_user(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?);
     }
     Ok(out)
 }
@@ -295,7 +293,11 @@ fn parse_ports(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
 }
 
 /// The TURN part of the config, if TURN is enabled.
-fn merge_turn(flags: &Flags, file: &FileConfig, listen: SocketAddr) -> Result<Option<TurnConfig>, String> {
+fn merge_turn(
+    flags: &Flags,
+    file: &FileConfig,
+    listen: SocketAddr,
+) -> Result<Option<TurnConfig>, String> {
     let mut users = vec![];
     for u in flags.users.iter().chain(file.users.iter().flatten()) {
         users.push(parse_user(u)?);
@@ -344,14 +346,27 @@ fn merge_turn(flags: &Flags, file: &FileConfig, listen: SocketAddr) -> Result<Op
     if let Some(r) = flags.relay_ports.as_deref().or(file.relay_ports.as_deref()) {
         t.ports = parse_ports(r)?;
     }
-    let cidrs = |v: &mut Vec<Cidr>, items: &mut dyn Iterator<Item = &String>| -> Result<(), String> {
-        for c in items {
-            v.push(c.parse()?);
-        }
-        Ok(())
-    };
-    cidrs(&mut t.allow, &mut flags.allow_peers.iter().chain(file.allow_peers.iter().flatten()))?;
-    cidrs(&mut t.deny, &mut flags.deny_peers.iter().chain(file.deny_peers.iter().flatten()))?;
+    let cidrs =
+        |v: &mut Vec<Cidr>, items: &mut dyn Iterator<Item = &String>| -> Result<(), String> {
+            for c in items {
+                v.push(c.parse()?);
+            }
+            Ok(())
+        };
+    cidrs(
+        &mut t.allow,
+        &mut flags
+            .allow_peers
+            .iter()
+            .chain(file.allow_peers.iter().flatten()),
+    )?;
+    cidrs(
+        &mut t.deny,
+        &mut flags
+            .deny_peers
+            .iter()
+            .chain(file.deny_peers.iter().flatten()),
+    )?;
     t.deny_defaults = !flags.allow_private_peers && file.deny_private_peers.unwrap_or(true);
     if let Some(q) = flags.user_quota.or(file.user_quota) {
         t.user_quota = q;

@@ -21,7 +21,9 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::binding::{Listener, Responder, ResponderConfig, Transport};
 use crate::ratelimit::{DEFAULT_BUCKETS, RateLimiter, source_key};
 use crate::relay::driver::{Pools, StreamContext, TurnContext};
-use crate::relay::{self, AuthConfig, Authenticator, Cidr, Metrics, PeerPolicy, Quota, RelayConfig};
+use crate::relay::{
+    self, AuthConfig, Authenticator, Cidr, Metrics, PeerPolicy, Quota, RelayConfig,
+};
 use crate::udp;
 
 /// Which socket calls the UDP workers use. The default is the fastest the kernel offers; each
@@ -380,10 +382,14 @@ fn turn_context(
 
 fn tls_acceptor(t: &TlsConfig) -> io::Result<tokio_rustls::TlsAcceptor> {
     let bad = |what: &str, p: &std::path::Path, e: String| {
-        io::Error::new(io::ErrorKind::InvalidInput, format!("{what} {}: {e}", p.display()))
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} {}: {e}", p.display()),
+        )
     };
     let certs = {
-        let f = std::fs::File::open(&t.cert).map_err(|e| bad("cannot read certificate", &t.cert, e.to_string()))?;
+        let f = std::fs::File::open(&t.cert)
+            .map_err(|e| bad("cannot read certificate", &t.cert, e.to_string()))?;
         rustls_pemfile::certs(&mut io::BufReader::new(f))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad("bad certificate PEM", &t.cert, e.to_string()))?
@@ -392,7 +398,8 @@ fn tls_acceptor(t: &TlsConfig) -> io::Result<tokio_rustls::TlsAcceptor> {
         return Err(bad("no certificate in", &t.cert, "empty".into()));
     }
     let key = {
-        let f = std::fs::File::open(&t.key).map_err(|e| bad("cannot read key", &t.key, e.to_string()))?;
+        let f = std::fs::File::open(&t.key)
+            .map_err(|e| bad("cannot read key", &t.key, e.to_string()))?;
         rustls_pemfile::private_key(&mut io::BufReader::new(f))
             .map_err(|e| bad("bad key PEM", &t.key, e.to_string()))?
             .ok_or_else(|| bad("no private key in", &t.key, "empty".into()))?
@@ -542,7 +549,8 @@ pub fn spawn(mut config: ServerConfig) -> io::Result<RunningServer> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let metrics = metrics_listener.map(|l| (l, turn.as_ref().map(|t| t.metrics.clone()), stats.clone()));
+        let metrics =
+            metrics_listener.map(|l| (l, turn.as_ref().map(|t| t.metrics.clone()), stats.clone()));
         threads.push(
             std::thread::Builder::new()
                 .name("turnd-tcp".into())
@@ -605,7 +613,12 @@ async fn serve_tcp(
     if let Some((std_listener, acceptor)) = tls {
         match TcpListener::from_std(std_listener) {
             Ok(listener) => {
-                tasks.spawn(accept_loop(listener, Listener::PRIMARY, shared.clone(), Some(acceptor)));
+                tasks.spawn(accept_loop(
+                    listener,
+                    Listener::PRIMARY,
+                    shared.clone(),
+                    Some(acceptor),
+                ));
             }
             Err(e) => tracing::error!(error = %e, "cannot register TLS listener"),
         }
@@ -654,11 +667,12 @@ async fn serve_metrics(listener: TcpListener, metrics: Option<Arc<Metrics>>, sta
                 return;
             }
             let head = &req[..have];
-            let (status, body) = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
-                ("200 OK", render_metrics(metrics.as_deref(), &stats))
-            } else {
-                ("404 Not Found", "only GET /metrics here\n".to_owned())
-            };
+            let (status, body) =
+                if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
+                    ("200 OK", render_metrics(metrics.as_deref(), &stats))
+                } else {
+                    ("404 Not Found", "only GET /metrics here\n".to_owned())
+                };
             let resp = format!(
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
                  Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -674,12 +688,36 @@ async fn serve_metrics(listener: TcpListener, metrics: Option<Arc<Metrics>>, sta
 pub fn render_metrics(metrics: Option<&Metrics>, stats: &Stats) -> String {
     let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let extra = [
-        ("turnd_received_total", "Datagrams and frames received from clients.", l(&stats.received)),
-        ("turnd_binding_answered_total", "Binding success responses.", l(&stats.answered)),
-        ("turnd_binding_errors_total", "Binding error responses.", l(&stats.errors)),
-        ("turnd_malformed_dropped_total", "Client packets dropped by the Binding path.", l(&stats.dropped)),
-        ("turnd_rate_limited_total", "Packets and connections refused by the rate limiter.", l(&stats.rate_limited)),
-        ("turnd_tcp_refused_total", "TCP connections refused by the connection caps.", l(&stats.tcp_refused)),
+        (
+            "turnd_received_total",
+            "Datagrams and frames received from clients.",
+            l(&stats.received),
+        ),
+        (
+            "turnd_binding_answered_total",
+            "Binding success responses.",
+            l(&stats.answered),
+        ),
+        (
+            "turnd_binding_errors_total",
+            "Binding error responses.",
+            l(&stats.errors),
+        ),
+        (
+            "turnd_malformed_dropped_total",
+            "Client packets dropped by the Binding path.",
+            l(&stats.dropped),
+        ),
+        (
+            "turnd_rate_limited_total",
+            "Packets and connections refused by the rate limiter.",
+            l(&stats.rate_limited),
+        ),
+        (
+            "turnd_tcp_refused_total",
+            "TCP connections refused by the connection caps.",
+            l(&stats.tcp_refused),
+        ),
     ];
     match metrics {
         Some(m) => m.render(&extra),
@@ -786,16 +824,30 @@ async fn accept_loop(
                             );
                             match handshake.await {
                                 Ok(Ok(s)) => {
-                                    relay::driver::stream_connection(s, five, local, ctx.clone(), instance)
-                                        .await
+                                    relay::driver::stream_connection(
+                                        s,
+                                        five,
+                                        local,
+                                        ctx.clone(),
+                                        instance,
+                                    )
+                                    .await
                                 }
                                 Ok(Err(e)) => Err(e),
-                                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake")),
+                                Err(_) => {
+                                    Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake"))
+                                }
                             }
                         }
                         None => {
-                            relay::driver::stream_connection(stream, five, local, ctx.clone(), instance)
-                                .await
+                            relay::driver::stream_connection(
+                                stream,
+                                five,
+                                local,
+                                ctx.clone(),
+                                instance,
+                            )
+                            .await
                         }
                     }
                 }

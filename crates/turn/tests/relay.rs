@@ -20,12 +20,18 @@ use turn::server::{self, RunningServer, ServerConfig, TurnConfig};
 
 const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-fn start(ports: std::ops::RangeInclusive<u16>, tweak: impl FnOnce(&mut TurnConfig)) -> RunningServer {
+fn start(
+    ports: std::ops::RangeInclusive<u16>,
+    tweak: impl FnOnce(&mut TurnConfig),
+) -> RunningServer {
     let mut cfg = ServerConfig::new(ResponderConfig::new(SocketAddr::new(LO, 0), None));
     cfg.workers = 2;
     cfg.rate_limit = 0;
     let mut t = TurnConfig::new();
-    t.users = vec![("alice".into(), "pw-a".into()), ("bob".into(), "pw-b".into())];
+    t.users = vec![
+        ("alice".into(), "pw-a".into()),
+        ("bob".into(), "pw-b".into()),
+    ];
     t.realm = "example.org".into();
     t.relay_ip = Some(LO);
     t.ports = ports;
@@ -113,7 +119,12 @@ impl Client {
         }
     }
 
-    fn build(&mut self, method: u16, class: Class, attrs: &dyn Fn(&mut MessageWriter<'_>)) -> Vec<u8> {
+    fn build(
+        &mut self,
+        method: u16,
+        class: Class,
+        attrs: &dyn Fn(&mut MessageWriter<'_>),
+    ) -> Vec<u8> {
         self.n += 1;
         let mut id = [7u8; 12];
         id[..4].copy_from_slice(&self.n.to_be_bytes());
@@ -140,13 +151,17 @@ impl Client {
             self.send_raw(&req);
             let resp = loop {
                 let r = self.recv_raw().expect("no response");
-                if Message::parse(&r).is_ok_and(|m| m.transaction_id() == Message::parse(&req).unwrap().transaction_id()) {
+                if Message::parse(&r).is_ok_and(|m| {
+                    m.transaction_id() == Message::parse(&req).unwrap().transaction_id()
+                }) {
                     break r;
                 }
             };
             let m = Message::parse(&resp).unwrap();
             match error_code(&m) {
-                Some((401 | 438, _)) if self.challenge.is_none() || error_code(&m).unwrap().0 == 438 => {
+                Some((401 | 438, _))
+                    if self.challenge.is_none() || error_code(&m).unwrap().0 == 438 =>
+                {
                     self.challenge = Challenge::from_message(&m);
                 }
                 _ => return resp,
@@ -157,7 +172,8 @@ impl Client {
 
     fn allocate(&mut self) -> SocketAddr {
         let r = self.request(proto::ALLOCATE, &|w| {
-            w.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).unwrap();
+            w.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+                .unwrap();
         });
         let m = Message::parse(&r).unwrap();
         assert_eq!(m.class(), Class::Success, "{:?}", error_code(&m));
@@ -177,7 +193,8 @@ impl Client {
 
     fn bind(&mut self, n: u16, peer: SocketAddr) -> Option<u16> {
         self.code(proto::CHANNEL_BIND, &|w| {
-            w.attribute(attr::CHANNEL_NUMBER, &[(n >> 8) as u8, n as u8, 0, 0]).unwrap();
+            w.attribute(attr::CHANNEL_NUMBER, &[(n >> 8) as u8, n as u8, 0, 0])
+                .unwrap();
             w.address(attr::XOR_PEER_ADDRESS, peer).unwrap();
         })
     }
@@ -252,7 +269,12 @@ fn two_allocations_on_one_server_talk_over_channels_and_send_indications() {
     assert!(metric(&s, "turnd_relayed_packets_total{direction=\"to_client\"}") >= 202);
     assert_eq!(s.allocations(), 2);
     // Refresh 0 deletes the allocation and frees its port.
-    assert_eq!(a.code(proto::REFRESH, &|w| w.u32_attribute(attr::LIFETIME, 0).unwrap()), None);
+    assert_eq!(
+        a.code(proto::REFRESH, &|w| w
+            .u32_attribute(attr::LIFETIME, 0)
+            .unwrap()),
+        None
+    );
     assert_eq!(s.allocations(), 1);
     assert_eq!(a.code(proto::REFRESH, &|_| {}), Some(437));
     // Binding still answers on the same port.
@@ -268,7 +290,9 @@ fn tcp_allocation_relays_and_dies_with_its_connection() {
     let peer = UdpSocket::bind((LO, 0)).unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let pa = peer.local_addr().unwrap();
-    let s2 = start(42200..=42299, |t| t.allow = vec!["127.0.0.0/8".parse::<Cidr>().unwrap()]);
+    let s2 = start(42200..=42299, |t| {
+        t.allow = vec!["127.0.0.0/8".parse::<Cidr>().unwrap()]
+    });
     let _ = &s;
     let mut c = Client::tcp(s2.primary(), "alice", "pw-a");
     let relay = c.allocate();
@@ -278,13 +302,19 @@ fn tcp_allocation_relays_and_dies_with_its_connection() {
     let (n, from) = peer.recv_from(&mut buf).unwrap();
     assert_eq!((&buf[..n], from), (&b"abc"[..], relay));
     peer.send_to(b"hello", relay).unwrap();
-    assert_eq!(c.recv_raw().unwrap(), b"\x40\x01\x00\x05hello\0\0\0", "padded on TCP");
+    assert_eq!(
+        c.recv_raw().unwrap(),
+        b"\x40\x01\x00\x05hello\0\0\0",
+        "padded on TCP"
+    );
     assert_eq!(s2.allocations(), 1);
     drop(c);
     eventually("allocation freed", || s2.allocations() == 0);
     // The relay port is closed: nothing listens there any more.
     let m = s2.turn_metrics().unwrap().clone();
-    eventually("deleted counted", || m.allocations_deleted.load(Relaxed) == 1);
+    eventually("deleted counted", || {
+        m.allocations_deleted.load(Relaxed) == 1
+    });
 }
 
 #[test]
@@ -305,7 +335,10 @@ fn rest_api_credentials_and_quotas() {
     let expired = format!("{}:carol", unix - 10);
     let pass = turn::relay::auth::rest_password(b"north", &expired);
     let mut e = Client::udp(s.primary(), &expired, &pass);
-    let at = |w: &mut MessageWriter<'_>| w.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).unwrap();
+    let at = |w: &mut MessageWriter<'_>| {
+        w.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .unwrap()
+    };
     assert_eq!(e.code(proto::ALLOCATE, &at), Some(401));
     let mut a1 = Client::udp(s.primary(), "alice", "pw-a");
     a1.allocate();
@@ -313,21 +346,28 @@ fn rest_api_credentials_and_quotas() {
     assert_eq!(a2.code(proto::ALLOCATE, &at), Some(486), "per-user quota");
     let mut b = Client::udp(s.primary(), "bob", "pw-b");
     assert_eq!(b.code(proto::ALLOCATE, &at), Some(486), "total quota");
-    assert!(metric(&s, "turnd_error_responses_total{code=\"486\"}") >= 1 || {
-        std::thread::sleep(Duration::from_millis(300));
-        metric(&s, "turnd_error_responses_total{code=\"486\"}") >= 1
-    });
+    assert!(
+        metric(&s, "turnd_error_responses_total{code=\"486\"}") >= 1 || {
+            std::thread::sleep(Duration::from_millis(300));
+            metric(&s, "turnd_error_responses_total{code=\"486\"}") >= 1
+        }
+    );
 }
 
 #[test]
 fn relay_ports_run_out_with_508() {
     let s = start(42400..=42401, |_| {});
-    let mut clients: Vec<Client> = (0..2).map(|_| Client::udp(s.primary(), "alice", "pw-a")).collect();
+    let mut clients: Vec<Client> = (0..2)
+        .map(|_| Client::udp(s.primary(), "alice", "pw-a"))
+        .collect();
     for c in &mut clients {
         c.allocate();
     }
     let mut c = Client::udp(s.primary(), "bob", "pw-b");
-    let at = |w: &mut MessageWriter<'_>| w.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).unwrap();
+    let at = |w: &mut MessageWriter<'_>| {
+        w.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .unwrap()
+    };
     assert_eq!(c.code(proto::ALLOCATE, &at), Some(508));
 }
 
@@ -345,14 +385,16 @@ fn spoofed_source_flood_and_garbage_leave_no_state() {
     }
     let mut c = Client::udp(server, "alice", "wrong");
     let valid_unauth = c.build(proto::ALLOCATE, Class::Request, &|w| {
-        w.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).unwrap();
+        w.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .unwrap();
     });
     // Learn a real challenge, then sign with a wrong password.
     c.send_raw(&valid_unauth);
     let r = c.recv_raw().unwrap();
     c.challenge = Challenge::from_message(&Message::parse(&r).unwrap());
     let wrong = c.build(proto::ALLOCATE, Class::Request, &|w| {
-        w.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]).unwrap();
+        w.attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
+            .unwrap();
     });
     let mut forged_nonce = wrong.clone();
     if let Some(pos) = forged_nonce.windows(9).position(|w| w == b"obMatJos2") {
@@ -385,9 +427,14 @@ fn spoofed_source_flood_and_garbage_leave_no_state() {
     ok.allocate();
     assert_eq!(s.allocations(), 1, "only the legitimate allocation");
     let m = s.turn_metrics().unwrap().clone();
-    eventually("auth failures counted", || m.auth_failures.load(Relaxed) > 0);
+    eventually("auth failures counted", || {
+        m.auth_failures.load(Relaxed) > 0
+    });
     assert!(m.errors_of(401) > 0);
-    assert!(m.errors_of(438) > 0, "replayed nonces from other sources are stale");
+    assert!(
+        m.errors_of(438) > 0,
+        "replayed nonces from other sources are stale"
+    );
     assert_eq!(m.allocations_created.load(Relaxed), 1);
 }
 

@@ -74,8 +74,8 @@ fn free_udp_port() -> u16 {
 fn cert_files(tag: &str) -> (PathBuf, PathBuf) {
     let dir = std::env::temp_dir().join(format!("turnd-relay-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-        .unwrap();
+    let c =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, c.cert.pem()).unwrap();
     std::fs::write(&key, c.key_pair.serialize_pem()).unwrap();
@@ -173,7 +173,8 @@ fn eventually(t: &Turnd, name: &str, ok: impl Fn(u64) -> bool) -> u64 {
 /// GET /metrics; the value of one metric line.
 fn metric(t: &Turnd, name: &str) -> u64 {
     let mut s = TcpStream::connect(t.metrics).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
@@ -263,7 +264,10 @@ fn run_uclient(tool: &PathBuf, args: &[String]) -> String {
         std::thread::sleep(Duration::from_millis(20));
     };
     let report = reader.join().unwrap();
-    assert!(status.success(), "uclient {args:?} failed ({status}):\n{report}");
+    assert!(
+        status.success(),
+        "uclient {args:?} failed ({status}):\n{report}"
+    );
     report
 }
 
@@ -291,9 +295,25 @@ fn relay_run(ports: &str, transport: &str, send_indications: bool) {
     }
     args.extend(
         [
-            "-z", "5", "-n", &messages.to_string(), "-m", &sessions.to_string(), "-l",
-            &len.to_string(), "-e", "127.0.0.1", "-r", &peer_port.to_string(), "-u", "test",
-            "-w", "test", "-p", &server.port().to_string(), "127.0.0.1",
+            "-z",
+            "5",
+            "-n",
+            &messages.to_string(),
+            "-m",
+            &sessions.to_string(),
+            "-l",
+            &len.to_string(),
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer_port.to_string(),
+            "-u",
+            "test",
+            "-w",
+            "test",
+            "-p",
+            &server.port().to_string(),
+            "127.0.0.1",
         ]
         .map(String::from),
     );
@@ -313,14 +333,25 @@ fn relay_run(ports: &str, transport: &str, send_indications: bool) {
     );
     // turnd relayed every message both ways (the echo comes back through the relay).
     let at_least = |n| move |v| v >= n;
-    let to_peer = eventually(&t, "turnd_relayed_packets_total{direction=\"to_peer\"}", at_least(want));
+    let to_peer = eventually(
+        &t,
+        "turnd_relayed_packets_total{direction=\"to_peer\"}",
+        at_least(want),
+    );
     assert!(to_peer >= want, "{to_peer}");
-    let to_client =
-        eventually(&t, "turnd_relayed_packets_total{direction=\"to_client\"}", at_least(want));
+    let to_client = eventually(
+        &t,
+        "turnd_relayed_packets_total{direction=\"to_client\"}",
+        at_least(want),
+    );
     assert!(to_client >= want, "{to_client}");
     assert!(eventually(&t, "turnd_allocations_created_total", at_least(sessions)) >= sessions);
     if send_indications {
-        assert_eq!(metric(&t, "turnd_channels_bound_total"), 0, "-s uses no channels");
+        assert_eq!(
+            metric(&t, "turnd_channels_bound_total"),
+            0,
+            "-s uses no channels"
+        );
     } else {
         assert!(eventually(&t, "turnd_channels_bound_total", at_least(sessions)) >= sessions);
     }
@@ -368,8 +399,22 @@ fn uclient_with_wrong_password_is_refused_and_counted() {
     let (_peer, peer_port) = start_peer(&peer_tool);
     let out = Command::new(&uclient)
         .args([
-            "-c", "-n", "5", "-m", "1", "-e", "127.0.0.1", "-r", &peer_port.to_string(), "-u",
-            "test", "-w", "wrong", "-p", &t.listen.port().to_string(), "127.0.0.1",
+            "-c",
+            "-n",
+            "5",
+            "-m",
+            "1",
+            "-e",
+            "127.0.0.1",
+            "-r",
+            &peer_port.to_string(),
+            "-u",
+            "test",
+            "-w",
+            "wrong",
+            "-p",
+            &t.listen.port().to_string(),
+            "127.0.0.1",
         ])
         .output()
         .unwrap();

@@ -24,7 +24,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{FiveTuple, Family, Metrics, Output, PortPool, RelayPorts, Server, Shared, Transport};
+use super::{Family, FiveTuple, Metrics, Output, PortPool, RelayPorts, Server, Shared, Transport};
 use crate::binding::{Listener, Responder, Transport as BindingTransport};
 use crate::proto;
 use crate::ratelimit::RateLimiter;
@@ -44,7 +44,12 @@ pub struct Pools {
 
 impl Pools {
     /// Pools for the relay IPs over `range`.
-    pub fn new(v4: Option<IpAddr>, v6: Option<IpAddr>, range: std::ops::RangeInclusive<u16>, seed: u64) -> Self {
+    pub fn new(
+        v4: Option<IpAddr>,
+        v6: Option<IpAddr>,
+        range: std::ops::RangeInclusive<u16>,
+        seed: u64,
+    ) -> Self {
         Pools {
             v4: v4.map(|ip| (ip, PortPool::new(range.clone(), seed))),
             v6: v6.map(|ip| (ip, PortPool::new(range.clone(), seed ^ 0x5555))),
@@ -148,7 +153,9 @@ struct EpollPorts<'e> {
 
 impl std::fmt::Debug for EpollPorts<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EpollPorts").field("live", &self.by_addr.len()).finish()
+        f.debug_struct("EpollPorts")
+            .field("live", &self.by_addr.len())
+            .finish()
     }
 }
 
@@ -161,7 +168,10 @@ impl RelayPorts for EpollPorts<'_> {
         let (addr, sock) = bind_relay(&self.ctx.pools, f, even)?;
         let i = self.free.pop().unwrap_or(self.slots.len());
         let token = i as u64 + 1;
-        if let Err(e) = self.epoll.add(sock.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token)) {
+        if let Err(e) = self
+            .epoll
+            .add(sock.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, token))
+        {
             tracing::warn!(error = %e, "cannot register a relay socket");
             give_back(&self.ctx.pools, addr);
             return None;
@@ -286,7 +296,9 @@ impl UdpWorker {
                 }
             };
             self.stats.received.fetch_add(1, Ordering::Relaxed);
-            let Some(packet) = inbuf.get(..len) else { continue };
+            let Some(packet) = inbuf.get(..len) else {
+                continue;
+            };
             let five = FiveTuple {
                 client: src,
                 server: self.local,
@@ -294,8 +306,8 @@ impl UdpWorker {
             };
             // ChannelData and traffic of allocated clients skip the per-source limiter (they
             // are authenticated, and quota and bandwidth caps bound them).
-            let exempt = core.framing(packet) == proto::Framing::ChannelData
-                || core.has_allocation(&five);
+            let exempt =
+                core.framing(packet) == proto::Framing::ChannelData || core.has_allocation(&five);
             if !exempt && !self.limiter.allow(now, src.ip()) {
                 self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -330,7 +342,9 @@ impl UdpWorker {
                 let sock = if reply.from == self.listener {
                     Some(&*self.socket)
                 } else {
-                    self.senders.get(reply.from.index()).and_then(Option::as_deref)
+                    self.senders
+                        .get(reply.from.index())
+                        .and_then(Option::as_deref)
                 };
                 if let (Some(sock), Some(b)) = (sock, out.get(..reply.len)) {
                     if sock.send_to(b, reply.to).is_ok() {
@@ -362,7 +376,9 @@ impl UdpWorker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => continue, // ICMP errors from earlier sends
             };
-            let Some(data) = inbuf.get(..len) else { continue };
+            let Some(data) = inbuf.get(..len) else {
+                continue;
+            };
             if let Some(to) = core.handle_peer(now, *relay, peer, data, out) {
                 if let Some(b) = out.get(..to.len) {
                     if let Err(e) = self.socket.send_to(b, to.five.client) {
@@ -445,9 +461,9 @@ pub(crate) struct StreamContext {
 /// [`proto::stream_frame_len`], with RFC 5766 channel numbers (first byte 0x40-0x7F).
 fn stream_frame_len(bytes: &[u8]) -> Result<Option<usize>, proto::ChannelDataError> {
     match bytes.first() {
-        Some(0x50..=0x7F) => Ok(bytes
-            .get(..proto::CHANNEL_DATA_HEADER)
-            .map(|h| proto::ChannelData::wire_len(usize::from(u16::from_be_bytes([h[2], h[3]])), true))),
+        Some(0x50..=0x7F) => Ok(bytes.get(..proto::CHANNEL_DATA_HEADER).map(|h| {
+            proto::ChannelData::wire_len(usize::from(u16::from_be_bytes([h[2], h[3]])), true)
+        })),
         _ => proto::stream_frame_len(bytes),
     }
 }

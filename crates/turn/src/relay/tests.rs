@@ -951,9 +951,16 @@ fn rfc5766_channel_numbers_are_a_switch() {
     let mut rig = Rig::new();
     let (mut c, relay) = allocated(&mut rig, 4000, "alice", "pw-a");
     let t = rig.t0;
-    assert_eq!(bind(&mut rig, &mut c, t, 0x7FFF, p), None, "RFC 5766 range by default");
+    assert_eq!(
+        bind(&mut rig, &mut c, t, 0x7FFF, p),
+        None,
+        "RFC 5766 range by default"
+    );
     let cd = channel_data_raw(0x7FFF, b"hi");
-    assert_eq!(relayed(&rig.send(t, c.five, &cd), &cd), Some((relay, p, &b"hi"[..])));
+    assert_eq!(
+        relayed(&rig.send(t, c.five, &cd), &cd),
+        Some((relay, p, &b"hi"[..]))
+    );
     let back = rig.peer_in(t, relay, p, b"yo").unwrap();
     assert_eq!(&rig.out[..back.len], b"\x7f\xff\x00\x02yo");
     let cfg = RelayConfig {
@@ -963,8 +970,15 @@ fn rfc5766_channel_numbers_are_a_switch() {
     let mut rig = Rig::with(cfg, Quota::new(0, 0), Pool::new(50000..=50009, false));
     let (mut c, _) = allocated(&mut rig, 4000, "alice", "pw-a");
     let t = rig.t0;
-    assert_eq!(bind(&mut rig, &mut c, t, 0x5000, p), Some(400), "RFC 8656 strict");
-    assert_eq!(rig.send(t, c.five, &channel_data_raw(0x5000, b"hi")), Output::None);
+    assert_eq!(
+        bind(&mut rig, &mut c, t, 0x5000, p),
+        Some(400),
+        "RFC 8656 strict"
+    );
+    assert_eq!(
+        rig.send(t, c.five, &channel_data_raw(0x5000, b"hi")),
+        Output::None
+    );
 }
 
 fn channel_data_raw(n: u16, data: &[u8]) -> Vec<u8> {
