@@ -367,7 +367,8 @@ fn allocate_errors_400_440_442_508() {
     let mut c = Client::new(five(4000), "alice", "pw-a");
     c.learn(&mut rig, t0);
     let t = t0;
-    let cases: Vec<(u16, Box<dyn Fn(&mut MessageWriter<'_>)>)> = vec![
+    type Case = (u16, Box<dyn Fn(&mut MessageWriter<'_>)>);
+    let cases: Vec<Case> = vec![
         (400, Box::new(|_w: &mut MessageWriter<'_>| {})),
         (
             442,
