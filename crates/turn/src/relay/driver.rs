@@ -250,6 +250,8 @@ impl UdpWorker {
         let mut inbuf = vec![0u8; MAX_DATAGRAM];
         let mut out = vec![0u8; MAX_DATAGRAM + HEADROOM];
         let mut last_publish = Instant::now();
+        // Counted locally, published with the core's counters: no shared atomic per packet.
+        let mut received = 0u64;
         while !self.stop.load(Ordering::Relaxed) {
             let n = match epoll.wait(&mut events, 100u16) {
                 Ok(n) => n,
@@ -260,7 +262,8 @@ impl UdpWorker {
             for ev in events.iter().take(n) {
                 let token = ev.data();
                 if token == 0 {
-                    self.drain_listener(now, &mut core, &mut ports, &mut inbuf, &mut out);
+                    received +=
+                        self.drain_listener(now, &mut core, &mut ports, &mut inbuf, &mut out);
                 } else {
                     let i = (token - 1) as usize;
                     self.drain_relay(now, &mut core, &ports, i, &mut inbuf, &mut out);
@@ -269,12 +272,15 @@ impl UdpWorker {
             core.handle_timeout(now, &mut ports);
             if now.duration_since(last_publish) >= Duration::from_millis(100) || n == 0 {
                 core.counters().publish(&self.turn.metrics);
+                let r = std::mem::take(&mut received);
+                self.stats.received.fetch_add(r, Ordering::Relaxed);
                 last_publish = now;
             }
         }
         // Graceful stop: every allocation of this worker goes, with its relay socket.
         core.close_all(&mut ports);
         core.counters().publish(&self.turn.metrics);
+        self.stats.received.fetch_add(received, Ordering::Relaxed);
         Ok(())
     }
 
@@ -285,17 +291,18 @@ impl UdpWorker {
         ports: &mut EpollPorts<'_>,
         inbuf: &mut [u8],
         out: &mut [u8],
-    ) {
+    ) -> u64 {
+        let mut received = 0;
         for _ in 0..READS_PER_WAKE {
             let (len, src) = match self.socket.recv_from(inbuf) {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return received,
                 Err(e) => {
                     tracing::trace!(error = %e, "recv error");
                     continue;
                 }
             };
-            self.stats.received.fetch_add(1, Ordering::Relaxed);
+            received += 1;
             let Some(packet) = inbuf.get(..len) else {
                 continue;
             };
@@ -331,6 +338,7 @@ impl UdpWorker {
                 Output::Binding => self.binding(src, packet, out),
             }
         }
+        received
     }
 
     fn binding(&self, src: SocketAddr, packet: &[u8], out: &mut [u8]) {
