@@ -560,6 +560,76 @@ mod tests {
     }
 
     #[test]
+    fn turn_is_off_without_credentials_and_configured_from_file_and_flags() {
+        let (cfg, _) = merge(&Flags::default(), FileConfig::default()).unwrap();
+        assert!(cfg.turn.is_none(), "Binding-only by default");
+        let file: FileConfig = toml::from_str(
+            "listen = \"192.0.2.1:3478\"\nusers = [\"alice:pw\"]\nrealm = \"ex.org\"\n\
+             relay_ports = \"50000-50100\"\nallow_peers = [\"10.0.0.0/8\"]\n\
+             user_quota = 3\nmax_channels = 9999\nbandwidth = 1000\nmetrics = \"127.0.0.1:9641\"",
+        )
+        .unwrap();
+        let flags = Flags {
+            users: vec!["bob:pw2".into()],
+            deny_peers: vec!["198.51.100.0/24".into()],
+            total_quota: Some(50),
+            ..Default::default()
+        };
+        let (cfg, _) = merge(&flags, file).unwrap();
+        let t = cfg.turn.unwrap();
+        assert_eq!(
+            t.users,
+            vec![("bob".into(), "pw2".into()), ("alice".into(), "pw".into())]
+        );
+        assert_eq!(t.realm, "ex.org");
+        assert_eq!(
+            t.relay_ip,
+            Some("192.0.2.1".parse().unwrap()),
+            "the listen IP"
+        );
+        assert_eq!(t.ports, 50000..=50100);
+        assert_eq!((t.allow.len(), t.deny.len()), (1, 1));
+        assert!(t.deny_defaults);
+        assert_eq!((t.user_quota, t.total_quota), (3, 50));
+        assert_eq!(t.relay.max_channels, 0x1000, "capped");
+        assert_eq!(t.relay.bandwidth, Some(1000));
+        assert_eq!(cfg.metrics, Some("127.0.0.1:9641".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_turn_configs_are_explained() {
+        let f = |s: &str| merge(&Flags::default(), toml::from_str(s).unwrap()).unwrap_err();
+        assert!(f("users = [\"alice\"]").contains("name:password"));
+        assert!(
+            f("users = [\"a:b\"]").contains("--relay-ip"),
+            "wildcard listen"
+        );
+        let base = "listen = \"192.0.2.1:3478\"\nusers = [\"a:b\"]\n";
+        assert!(f(&format!("{base}relay_ports = \"9-3\"")).contains("FIRST-LAST"));
+        assert!(f(&format!("{base}allow_peers = [\"10.0.0.0/99\"]")).contains("prefix length"));
+        assert!(f(&format!("{base}tls_listen = \"192.0.2.1:5349\"")).contains("--cert"));
+        assert!(
+            f("listen = \"192.0.2.1:3478\"\ntls_listen = \"192.0.2.1:5349\"\ncert = \"c\"\nkey = \"k\"")
+                .contains("TURN")
+        );
+        let dir = std::env::temp_dir().join(format!("turnd-users-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("users");
+        std::fs::write(&p, "# users\nalice:pw\n\nbroken\n").unwrap();
+        let flags = Flags {
+            users_file: Some(p.clone()),
+            relay_ip: Some("192.0.2.1".parse().unwrap()),
+            ..Default::default()
+        };
+        let e = merge(&flags, FileConfig::default()).unwrap_err();
+        assert!(e.contains("users:4"), "{e}");
+        std::fs::write(&p, "# users\nalice:pw\n").unwrap();
+        let (cfg, _) = merge(&flags, FileConfig::default()).unwrap();
+        assert_eq!(cfg.turn.unwrap().users.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn unknown_key_reports_the_line() {
         let dir = std::env::temp_dir().join(format!("turnd-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -448,3 +448,45 @@ fn metrics_endpoint_speaks_http() {
     assert!(body.starts_with("HTTP/1.1 404"), "{body}");
     assert_eq!(metric(&s, "turnd_allocations_active"), 0);
 }
+
+#[test]
+fn sigterm_releases_allocations_and_logs_final_stats() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_turnd"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--user",
+            "alice:pw-a",
+            "--relay-ports",
+            "42700-42799",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr: SocketAddr = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let mut c = Client::udp(addr, "alice", "pw-a");
+    let relay = c.allocate();
+    // The relay port is taken while the allocation lives.
+    assert!(UdpSocket::bind(relay).is_err());
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("TURN final stats"), "{log}");
+    assert!(log.contains("allocations_deleted=1"), "{log}");
+    assert!(UdpSocket::bind(relay).is_ok(), "relay socket released");
+}
