@@ -79,14 +79,14 @@ fn request(id: u8, method: u16, creds: Option<&LongTerm>, extra: &[u8]) -> Vec<u
     buf.truncate(n);
     let Some(c) = creds else { return buf };
     // Re-wrap: copy into a writer so the credentials follow the raw attributes.
+    let attrs: Vec<(u16, Vec<u8>)> = match Message::parse(&buf) {
+        Ok(m) => m.attributes().map(|a| (a.attr_type, a.value.to_vec())).collect(),
+        Err(_) => return buf,
+    };
     let mut out = vec![0u8; 4096];
-    out[..n].copy_from_slice(&buf);
     let mut w = MessageWriter::new(&mut out, message_type(method, Class::Request), &[id; 12]).unwrap();
-    if Message::parse(&buf).is_err() {
-        return buf;
-    }
-    for a in Message::parse(&buf).unwrap().attributes() {
-        if w.attribute(a.attr_type, a.value).is_err() {
+    for (t, v) in &attrs {
+        if w.attribute(*t, v).is_err() {
             return buf;
         }
     }
