@@ -5,7 +5,8 @@
 #
 # Usage: scripts/bench_turn.sh [--quick] [--no-build] [--rounds N] [--sessions N]
 #                              [--messages N] [--allocations N] [--threads N]
-#   --quick          CI mode (< 30 s): 1 round, small loads; ratios printed, never asserted
+#   --quick          CI mode (< 30 s): 1 round, small loads, no saturating turnload section;
+#                    ratios printed, never asserted
 #   --no-build       use the release binaries already built
 #   --rounds N       rounds; each measures every server once, alternating the order (default 2)
 #   --sessions N     uclient sessions (-m; default 50)
@@ -27,6 +28,11 @@
 # Every server is restarted before each measured run (uclient leaves its allocations behind). Both servers: UDP only, loopback, long-term credentials test:test,
 # loopback peers allowed, no rate limits, the same relay thread count.
 #
+# The saturating relay load: uclient cannot saturate a server on a small machine, so the same
+# comparison is also made with turnload's closed loop (64 allocations, each with a channel or a
+# permission to turnutils_peer, 8 messages in flight per allocation): echoed messages/s and
+# server CPU per message.
+#
 # The allocation rate: turnload creates --allocations allocations (the 401 round trip and the
 # authenticated Allocate each) in waves of 256 sockets. turnd's RSS is read from /proc while
 # turnload holds them, and compared with its RSS before.
@@ -37,7 +43,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
-quick=0 build=1 rounds=2 sessions=50 messages=2000 allocations=10000
+quick=0 build=1 rounds=2 sessions=50 messages=2000 allocations=10000 load_allocs=64 load_seconds=5
 threads="$(nproc)"
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -54,7 +60,7 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 if [[ $quick == 1 ]]; then
-    rounds=1 sessions=8 messages=250 allocations=1000
+    rounds=1 sessions=4 messages=50 allocations=500 load_seconds=1
 fi
 
 for tool in turnutils_uclient turnutils_peer; do
@@ -148,6 +154,26 @@ relay_run() {
         'BEGIN { printf "%.2f", (n ? t * 1e6 / hz / n : 0) }')"
 }
 
+# load_run NAME MODE -> sets l_rate (echoed msg/s from turnload's closed loop), l_cpu_us
+load_run() {
+    local name="$1" mode="$2" c0 c1 flags=""
+    [[ $mode == send ]] && flags="--send"
+    start_server "$name"
+    c0="$(cpu_ticks "$server_pid")"
+    # shellcheck disable=SC2086
+    "$turnload" --server "127.0.0.1:$srv_port" --user test:test --allocations "$load_allocs" \
+        --peer "127.0.0.1:$peer_port" $flags --seconds "$load_seconds" --in-flight 8 \
+        >"$work/load.out" 2>"$work/load.err" || true
+    c1="$(cpu_ticks "$server_pid")"
+    stop_server
+    l_rate="$(sed -n 's/^turnload relay .*rate=\([0-9]*\).*/\1/p' "$work/load.out")"
+    l_rate="${l_rate:-0}"
+    local echoed
+    echoed="$(sed -n 's/^turnload relay .*echoed=\([0-9]*\).*/\1/p' "$work/load.out")"
+    l_cpu_us="$(awk -v t="$(( c1 - c0 ))" -v hz="$(getconf CLK_TCK)" -v n="${echoed:-0}" \
+        'BEGIN { printf "%.2f", (n ? t * 1e6 / hz / n : 0) }')"
+}
+
 rss_kb() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 
 alloc_run() {
@@ -204,7 +230,23 @@ if [[ $have_coturn == 1 ]]; then
     awk -v a="${sum_ch[turnd]}" -v b="${sum_ch[coturn]}" -v c="${sum_send[turnd]}" -v d="${sum_send[coturn]}" \
         'BEGIN { printf "ratio turnd/coturn messages/s: channels %.2fx, send indications %.2fx (goal >= 1.5x)\n", (b ? a / b : 0), (d ? c / d : 0) }'
     awk -v a="${cpu_ch[turnd]}" -v b="${cpu_ch[coturn]}" -v c="${cpu_send[turnd]}" -v d="${cpu_send[coturn]}" \
-        'BEGIN { printf "ratio coturn/turnd server CPU per message: channels %.2fx, send indications %.2fx\n", (a ? b / a : 0), (c ? d / c : 0) }'
+        'function r(x, y) { return (x > 0 && y > 0) ? sprintf("%.2fx", y / x) : "n/a (too few CPU ticks)" }
+         BEGIN { printf "ratio coturn/turnd server CPU per message: channels %s, send indications %s\n", r(a, b), r(c, d) }'
+fi
+
+if [[ $quick == 0 ]]; then
+echo
+echo "== saturating relay load (turnload: $load_allocs allocations x 8 in flight, ${load_seconds} s, 100 B)"
+declare -A lrate_ch lrate_send
+for s in "${servers[@]}"; do
+    load_run "$s" channel; lrate_ch[$s]=$l_rate; lcpu_ch=$l_cpu_us
+    load_run "$s" send; lrate_send[$s]=$l_rate; lcpu_send=$l_cpu_us
+    echo "$s: channels ${lrate_ch[$s]} msg/s (${lcpu_ch} us CPU/msg), send indications ${lrate_send[$s]} msg/s (${lcpu_send} us CPU/msg)"
+done
+if [[ $have_coturn == 1 ]]; then
+    awk -v a="${lrate_ch[turnd]}" -v b="${lrate_ch[coturn]}" -v c="${lrate_send[turnd]}" -v d="${lrate_send[coturn]}" \
+        'BEGIN { printf "ratio turnd/coturn messages/s: channels %.2fx, send indications %.2fx (goal >= 1.5x)\n", (b ? a / b : 0), (d ? c / d : 0) }'
+fi
 fi
 
 echo

@@ -41,6 +41,86 @@ struct Args {
     /// Do not delete the allocations at the end.
     #[arg(long)]
     keep: bool,
+    /// Relay load: after allocating, bind a channel (or, with --send, a permission) to this
+    /// echo peer on every allocation and keep --in-flight messages in flight per allocation
+    /// for --seconds, counting the echoes.
+    #[arg(long)]
+    peer: Option<SocketAddr>,
+    /// Relay with Send/Data indications instead of channels.
+    #[arg(long)]
+    send: bool,
+    /// Relay load duration.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Messages in flight per allocation.
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 100)]
+    length: usize,
+}
+
+/// Closed-loop relay load: returns (echoes received, seconds).
+fn relay_load(
+    socks: &[&UdpSocket],
+    server: SocketAddr,
+    peer: SocketAddr,
+    args: &Args,
+) -> (u64, f64) {
+    let payload = vec![0xabu8; args.length.min(1200)];
+    let message = if args.send {
+        let mut buf = vec![0u8; 1500];
+        let id = [0x77u8; 12];
+        let n = MessageWriter::new(&mut buf, message_type(proto::SEND, Class::Indication), &id)
+            .and_then(|mut w| {
+                w.address(attr::XOR_PEER_ADDRESS, peer)?;
+                w.attribute(attr::DATA, &payload)?;
+                Ok(w.finish())
+            })
+            .unwrap_or(0);
+        buf.truncate(n);
+        buf
+    } else {
+        let mut buf = vec![0u8; payload.len() + 8];
+        let n = proto::ChannelData::write(&mut buf, 0x4000, &payload, false).unwrap_or(0);
+        buf.truncate(n);
+        buf
+    };
+    let mut in_flight = vec![0usize; socks.len()];
+    let mut last_rx = vec![Instant::now(); socks.len()];
+    let mut buf = [0u8; 2048];
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(args.seconds);
+    let mut echoed = 0u64;
+    while Instant::now() < end {
+        let now = Instant::now();
+        let mut progress = false;
+        for (i, s) in socks.iter().enumerate() {
+            // Top up (and recover from losses: nothing back for 200 ms means nothing in flight).
+            if now.duration_since(last_rx[i]) > Duration::from_millis(200) {
+                in_flight[i] = 0;
+                last_rx[i] = now;
+            }
+            while in_flight[i] < args.in_flight {
+                if s.send_to(&message, server).is_err() {
+                    break;
+                }
+                in_flight[i] += 1;
+            }
+            while let Ok((n, _)) = s.recv_from(&mut buf) {
+                if n > payload.len() {
+                    echoed += 1;
+                    in_flight[i] = in_flight[i].saturating_sub(1);
+                    last_rx[i] = now;
+                    progress = true;
+                }
+            }
+        }
+        if !progress {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+    (echoed, t0.elapsed().as_secs_f64())
 }
 
 struct Slot {
@@ -50,12 +130,23 @@ struct Slot {
     done: bool,
 }
 
+/// Method-specific attributes.
+#[derive(Debug, Clone, Copy)]
+enum Extra {
+    None,
+    Lifetime(u32),
+    /// CHANNEL-NUMBER 0x4000 and XOR-PEER-ADDRESS.
+    Channel(SocketAddr),
+    /// XOR-PEER-ADDRESS.
+    Peer(SocketAddr),
+}
+
 fn request(
     id: &TransactionId,
     method: u16,
     creds: Option<&LongTerm>,
     key: Option<&Key>,
-    lifetime: Option<u32>,
+    extra: Extra,
 ) -> Vec<u8> {
     let mut buf = vec![0u8; 512];
     let Ok(mut w) = MessageWriter::new(&mut buf, message_type(method, Class::Request), id) else {
@@ -67,8 +158,14 @@ fn request(
             .attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0])
             .is_ok();
     }
-    if let Some(l) = lifetime {
-        ok &= w.u32_attribute(attr::LIFETIME, l).is_ok();
+    match extra {
+        Extra::None => {}
+        Extra::Lifetime(l) => ok &= w.u32_attribute(attr::LIFETIME, l).is_ok(),
+        Extra::Channel(peer) => {
+            ok &= w.attribute(attr::CHANNEL_NUMBER, &[0x40, 0, 0, 0]).is_ok();
+            ok &= w.address(attr::XOR_PEER_ADDRESS, peer).is_ok();
+        }
+        Extra::Peer(peer) => ok &= w.address(attr::XOR_PEER_ADDRESS, peer).is_ok(),
     }
     if let (Some(c), Some(k)) = (creds, key) {
         ok &= w.attribute(attr::USERNAME, c.username.as_bytes()).is_ok();
@@ -99,7 +196,7 @@ fn wave(
     user: &str,
     pass: &str,
     method: u16,
-    lifetime: Option<u32>,
+    extra: Extra,
     counter: &mut u64,
 ) -> usize {
     let mut key: Option<Key> = None;
@@ -113,7 +210,7 @@ fn wave(
             if key.is_none() {
                 key = s.creds.as_ref().and_then(|c| c.key().ok());
             }
-            let req = request(&s.id, method, s.creds.as_ref(), key.as_ref(), lifetime);
+            let req = request(&s.id, method, s.creds.as_ref(), key.as_ref(), extra);
             let _ = s.sock.send_to(&req, server);
         }
         let deadline = Instant::now() + Duration::from_millis(250 * (attempt + 1));
@@ -137,13 +234,8 @@ fn wave(
                                     key = s.creds.as_ref().and_then(|c| c.key().ok());
                                 }
                                 s.id = new_id(counter);
-                                let req = request(
-                                    &s.id,
-                                    method,
-                                    s.creds.as_ref(),
-                                    key.as_ref(),
-                                    lifetime,
-                                );
+                                let req =
+                                    request(&s.id, method, s.creds.as_ref(), key.as_ref(), extra);
                                 let _ = s.sock.send_to(&req, server);
                             }
                         }
@@ -212,7 +304,7 @@ fn main() -> ExitCode {
             user,
             pass,
             proto::ALLOCATE,
-            None,
+            Extra::None,
             &mut counter,
         );
     }
@@ -222,6 +314,34 @@ fn main() -> ExitCode {
         args.allocations,
         ok as f64 / secs.max(1e-9)
     );
+    if let Some(peer) = args.peer {
+        if !peer.ip().is_loopback() {
+            eprintln!("turnload: only loopback peers are allowed");
+            return ExitCode::from(2);
+        }
+        let (method, extra) = if args.send {
+            (proto::CREATE_PERMISSION, Extra::Peer(peer))
+        } else {
+            (proto::CHANNEL_BIND, Extra::Channel(peer))
+        };
+        let mut bound = 0;
+        for chunk in slots.chunks_mut(args.window.max(1)) {
+            bound += wave(chunk, args.server, user, pass, method, extra, &mut counter);
+        }
+        if bound < slots.len() {
+            eprintln!(
+                "turnload: only {bound} of {} bindings succeeded",
+                slots.len()
+            );
+        }
+        let socks: Vec<&UdpSocket> = slots.iter().map(|s| &s.sock).collect();
+        let (echoed, secs) = relay_load(&socks, args.server, peer, &args);
+        println!(
+            "turnload relay mode={} echoed={echoed} seconds={secs:.3} rate={:.0}",
+            if args.send { "send" } else { "channel" },
+            echoed as f64 / secs.max(1e-9)
+        );
+    }
     if args.hold > 0 {
         println!("turnload holding {} s", args.hold);
         std::thread::sleep(Duration::from_secs(args.hold));
@@ -235,7 +355,7 @@ fn main() -> ExitCode {
                 user,
                 pass,
                 proto::REFRESH,
-                Some(0),
+                Extra::Lifetime(0),
                 &mut counter,
             );
         }
