@@ -90,6 +90,7 @@
 mod config;
 mod nat;
 pub mod net;
+pub mod oracle;
 mod packet;
 
 pub use config::{Behavior, ConfigError, Mode, NatConfig, Pooling, PortAssignment, TcpTimeouts};
