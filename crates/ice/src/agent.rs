@@ -115,6 +115,8 @@ pub struct Agent {
     events: VecDeque<Event>,
     stats: Stats,
     host_count: usize,
+    /// Last authenticated check from the peer: while it keeps checking, we do not give up.
+    last_request: Option<Instant>,
 }
 
 impl Agent {
@@ -181,6 +183,7 @@ impl Agent {
             events: VecDeque::new(),
             stats: Stats::default(),
             host_count: 0,
+            last_request: None,
             config,
         })
     }
@@ -575,7 +578,9 @@ impl Agent {
             at(p.tx.as_ref().and_then(|x| x.tx.poll_timeout()));
         }
         if let Some(c) = &self.consent {
-            at(Some(c.next));
+            if c.tx.is_none() {
+                at(Some(c.next));
+            }
             at(c.tx.as_ref().and_then(|(x, _)| x.poll_timeout()));
             if matches!(self.state, IceState::Connected | IceState::Completed) {
                 at(Some(c.last_ok + self.config.disconnected_timeout));
@@ -585,6 +590,12 @@ impl Agent {
         if self.selected.is_none() && !matches!(self.state, IceState::Failed) {
             if let Some(s) = self.checks_started {
                 at(Some(s + self.config.connect_timeout));
+            }
+            if let (Some(t), Some(now)) = (self.last_request, self.now) {
+                let until = t + self.config.check_retransmit.total_timeout();
+                if until > now && self.state == IceState::Checking {
+                    at(Some(until));
+                }
             }
             if let (Some(f), None) = (self.first_valid, self.nominating) {
                 if self.controlling && self.config.nomination == Nomination::Regular {
@@ -765,7 +776,10 @@ impl Agent {
     }
 
     /// Every pair failed and nothing more can come: fail with `no-valid-pair`.
-    fn check_failed(&mut self, _now: Instant) {
+    fn check_failed(&mut self, now: Instant) {
+        if self.peer_still_checking(now) {
+            return;
+        }
         if self.selected.is_some()
             || self.config.lite
             || !matches!(self.state, IceState::Checking)
@@ -780,6 +794,13 @@ impl Agent {
         if all_failed {
             self.fail(FailReason::NoValidPair);
         }
+    }
+
+    /// The peer sent a check less than one check timeout ago: a triggered check may still
+    /// succeed, so a failure would be premature.
+    fn peer_still_checking(&self, now: Instant) -> bool {
+        self.last_request
+            .is_some_and(|t| now < t + self.config.check_retransmit.total_timeout())
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1084,6 +1105,7 @@ impl Agent {
             return;
         }
         self.stats.checks_received += 1;
+        self.last_request = Some(now);
         let (Some(prio), Some((their_controlling, their_tb))) =
             (message::priority(msg), message::role(msg))
         else {
@@ -1348,6 +1370,7 @@ impl Agent {
             }
         }
         self.update_selected(now);
+        self.maybe_nominate(now);
         self.schedule_check(now);
     }
 
@@ -1534,6 +1557,7 @@ impl Agent {
     fn check_timeouts(&mut self, now: Instant) {
         let mut out = Vec::new();
         let mut changed = false;
+        let mut retry = Vec::new();
         for (i, p) in self.pairs.iter_mut().enumerate() {
             let Some(c) = &mut p.tx else { continue };
             c.tx.handle_timeout(now);
@@ -1543,11 +1567,15 @@ impl Agent {
             if c.tx.is_done() {
                 // Timed out (a response would have been taken in on_response).
                 p.tx = None;
-                p.state = PairState::Failed;
-                if p.nominate_on_success {
-                    p.nominate_on_success = false;
-                }
                 changed = true;
+                if p.nominate_on_success {
+                    // The peer nominated this pair, so it works: our answers reach the peer.
+                    // Keep checking until ours get through (bounded by connect_timeout).
+                    p.state = PairState::Waiting;
+                    retry.push(i);
+                } else {
+                    p.state = PairState::Failed;
+                }
             }
         }
         for (i, b) in out {
@@ -1561,6 +1589,7 @@ impl Agent {
             self.stats.checks_sent += 1;
             self.send_via(now, via, dst, b);
         }
+        self.triggered.extend(retry);
         if changed {
             if let Some(n) = self.nominating {
                 if self.pairs.get(n).is_some_and(|p| p.state == PairState::Failed) {

@@ -21,7 +21,10 @@ pub enum PairState {
 /// controlling agent's candidate priority and D the controlled agent's.
 pub const fn pair_priority(g: u32, d: u32) -> u64 {
     let (min, max) = if g < d { (g, d) } else { (d, g) };
-    ((min as u64) << 32) + 2 * (max as u64) + if g > d { 1 } else { 0 }
+    // Candidate priorities are below 2^31 (type preference <= 126); saturate anyway.
+    ((min as u64) << 32)
+        .saturating_add(2 * (max as u64))
+        .saturating_add(if g > d { 1 } else { 0 })
 }
 
 /// An in-flight connectivity check.
@@ -62,6 +65,7 @@ mod tests {
         // Both sides compute the same value for the same pair when roles are consistent.
         let (a, b) = (2_130_706_431u32, 1_694_498_815u32);
         assert_eq!(pair_priority(a, b), pair_priority(a, b));
-        assert!(pair_priority(u32::MAX, u32::MAX) > pair_priority(u32::MAX, u32::MAX - 1));
+        assert!(pair_priority(a, a) > pair_priority(a, a - 1));
+        assert_eq!(pair_priority(u32::MAX, u32::MAX), u64::MAX);
     }
 }
