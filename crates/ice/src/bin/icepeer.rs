@@ -354,7 +354,7 @@ async fn run(args: Args) -> Result<i32> {
     let mut sent_blob = false;
     let mut remote = Remote::default();
     let mut connected_at = None;
-    let deadline = tokio::time::Instant::from_std(started + timeout + Duration::from_secs(5));
+    let deadline = tokio::time::Instant::from_std(started + timeout);
     let mut input_open = true;
 
     // Phase 1: signaling and checks, until connected or failed.
@@ -417,13 +417,19 @@ async fn run(args: Args) -> Result<i32> {
     let agent = d.agent();
     let stats = agent.stats();
     let sel = agent.selected_pair().map(|(l, r)| (l.clone(), r.clone()));
+    // The agent's own reason, or ours: the peer never answered within --timeout.
+    let failure = match (connected, agent.failure()) {
+        (true, _) => None,
+        (false, Some(f)) => Some(f.as_str()),
+        (false, None) => Some("timeout"),
+    };
     if args.json {
         let v = serde_json::json!({
             "connected": connected,
             "role": if agent.is_controlling() { "controlling" } else { "controlled" },
             "mode": if args.trickle { "trickle" } else { "vanilla" },
             "state": agent.state().as_str(),
-            "failure": agent.failure().map(|f| f.as_str()),
+            "failure": failure,
             "local": cand_json(sel.as_ref().map(|(l, _)| l)),
             "remote": cand_json(sel.as_ref().map(|(_, r)| r)),
             "time_to_connected_ms": if connected { Some(ttc.as_secs_f64() * 1000.0) } else { None },
@@ -446,10 +452,7 @@ async fn run(args: Args) -> Result<i32> {
             if data_ok { "ok" } else { "lost" }
         );
     } else {
-        eprintln!(
-            "icepeer: not connected ({})",
-            d.agent().failure().map_or("timeout", |f| f.as_str())
-        );
+        eprintln!("icepeer: not connected ({})", failure.unwrap_or("timeout"));
     }
     d.with_agent(|a, now| a.close(now));
     Ok(match (connected, data_ok) {

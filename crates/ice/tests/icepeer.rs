@@ -1,0 +1,323 @@
+//! End to end on loopback: two `icepeer` processes, icepeer against aioice (both roles,
+//! trickle and vanilla), host and relayed through coturn. Signaling goes through files.
+//!
+//! Needs python3 with aioice (`pip install aioice`) and coturn's `turnserver`: missing tools
+//! fail the tests with a clear message, they are never skipped.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const ICEPEER: &str = env!("CARGO_BIN_EXE_icepeer");
+
+fn aioice_peer() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/aioice_peer.py")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "icepeer-test-{}-{}-{name}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A child process killed (by its PID) when dropped.
+#[derive(Debug)]
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Impl {
+    Ours,
+    Aioice,
+}
+
+fn require_aioice() {
+    let ok = Command::new("python3")
+        .args(["-c", "import aioice"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3 with aioice is required (pip install --break-system-packages aioice==0.13.0)"
+    );
+}
+
+/// One side's command line.
+fn command(imp: Impl, role: &str, extra: &[String], sin: &Path, sout: &Path) -> Command {
+    let mut c = match imp {
+        Impl::Ours => Command::new(ICEPEER),
+        Impl::Aioice => {
+            let mut c = Command::new("python3");
+            c.arg(aioice_peer());
+            c
+        }
+    };
+    c.arg(role)
+        .arg("--signal-in")
+        .arg(sin)
+        .arg("--signal-out")
+        .arg(sout)
+        .arg("--json")
+        .args(["--timeout", "15"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Run an offerer and an answerer; returns both JSON results and exit codes.
+fn pair(
+    offer: (Impl, Vec<String>),
+    answer: (Impl, Vec<String>),
+) -> ((Value, i32), (Value, i32)) {
+    let dir = scratch("pair");
+    let (a_out, b_out) = (dir.join("offer.sig"), dir.join("answer.sig"));
+    let a = command(offer.0, "offer", &offer.1, &b_out, &a_out)
+        .spawn()
+        .unwrap();
+    let b = command(answer.0, "answer", &answer.1, &a_out, &b_out)
+        .spawn()
+        .unwrap();
+    let collect = |c: Child| {
+        let o = c.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+        let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "no JSON ({e}): stdout {stdout:?} stderr {}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        });
+        (v, o.status.code().unwrap_or(-1))
+    };
+    let ra = collect(a);
+    let rb = collect(b);
+    let _ = std::fs::remove_dir_all(&dir);
+    (ra, rb)
+}
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| (*x).to_owned()).collect()
+}
+
+fn assert_connected(r: &(Value, i32), typ: &str, ctx: &str) {
+    assert_eq!(r.1, 0, "{ctx}: exit status, result {}", r.0);
+    assert_eq!(r.0["connected"], true, "{ctx}: {}", r.0);
+    assert_eq!(r.0["datagrams_ok"], true, "{ctx}: {}", r.0);
+    assert_eq!(r.0["local"]["type"], typ, "{ctx}: {}", r.0);
+}
+
+#[test]
+fn icepeer_pair_on_loopback_vanilla_and_trickle() {
+    for mode in [vec![], s(&["--trickle"])] {
+        let mut args = s(&["--loopback"]);
+        args.extend(mode.clone());
+        let (a, b) = pair((Impl::Ours, args.clone()), (Impl::Ours, args));
+        let ctx = format!("{mode:?}");
+        assert_connected(&a, "host", &ctx);
+        assert_connected(&b, "host", &ctx);
+        assert_eq!(a.0["role"], "controlling");
+        assert_eq!(b.0["role"], "controlled");
+        assert_eq!(a.0["local"]["address"], b.0["remote"]["address"], "{ctx}");
+        assert!(a.0["checks_sent"].as_u64().unwrap() >= 2, "{}", a.0);
+        assert!(a.0["rtt_ms"].as_f64().unwrap() < 50.0);
+    }
+}
+
+#[test]
+fn icepeer_fails_cleanly_without_a_peer() {
+    let dir = scratch("alone");
+    let o = Command::new(ICEPEER)
+        .args(["offer", "--loopback", "--json", "--timeout", "1"])
+        .arg("--signal-in")
+        .arg(dir.join("nobody"))
+        .arg("--signal-out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["connected"], false);
+    assert_eq!(v["failure"], "timeout");
+    // Bad usage is exit status 2 (clap).
+    let o = Command::new(ICEPEER).args(["sideways"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn interop_with_aioice_on_loopback_both_roles_trickle_and_vanilla() {
+    require_aioice();
+    for ours_offers in [true, false] {
+        for mode in [vec![], s(&["--trickle"])] {
+            let mut args = s(&["--loopback"]);
+            args.extend(mode.clone());
+            let (ours, theirs) = ((Impl::Ours, args.clone()), (Impl::Aioice, args));
+            let (o, a) = if ours_offers {
+                (ours, theirs)
+            } else {
+                (theirs, ours)
+            };
+            let (ra, rb) = pair(o, a);
+            let ctx = format!("ours_offers={ours_offers} {mode:?}");
+            assert_connected(&ra, "host", &ctx);
+            assert_connected(&rb, "host", &ctx);
+        }
+    }
+}
+
+/// A coturn instance on 127.0.0.1 with user test:test, killed on drop.
+#[derive(Debug)]
+pub struct Coturn {
+    _p: Proc,
+    pub port: u16,
+    _dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    // A port free for both UDP and TCP right now.
+    loop {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Wait until a STUN Binding request on UDP gets an answer.
+fn wait_stun(addr: SocketAddr) {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut req = [0u8; 20];
+    req[1] = 1;
+    req[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+    req[8..20].copy_from_slice(b"icepeertest1");
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 512];
+    while Instant::now() < end {
+        let _ = s.send_to(&req, addr);
+        if s.recv_from(&mut buf).is_ok() {
+            return;
+        }
+    }
+    panic!("the STUN/TURN server on {addr} never answered");
+}
+
+impl Coturn {
+    pub fn start() -> Coturn {
+        let port = free_port();
+        let dir = scratch("coturn");
+        let p = Command::new("turnserver")
+            .args([
+                "-n",
+                "-L",
+                "127.0.0.1",
+                &format!("--listening-port={port}"),
+                "--no-tls",
+                "--no-dtls",
+                "--no-cli",
+                "--lt-cred-mech",
+                "--user=test:test",
+                "--realm=example.org",
+                "--allow-loopback-peers",
+                "--relay-ip=127.0.0.1",
+                "--log-file=stdout",
+                "--simple-log",
+                "--pidfile",
+            ])
+            .arg(dir.join("turnserver.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("coturn's turnserver is required (apt-get install coturn)");
+        let c = Coturn {
+            _p: Proc(p),
+            port,
+            _dir: dir,
+        };
+        wait_stun(SocketAddr::from(([127, 0, 0, 1], port)));
+        c
+    }
+}
+
+#[test]
+fn icepeer_pair_relay_only_through_coturn_udp_and_tcp() {
+    for transport in ["udp", "tcp"] {
+        let coturn = Coturn::start();
+        let args = s(&[
+            "--loopback",
+            "--relay-only",
+            "--turn",
+            &format!("turn:127.0.0.1:{}?transport={transport}", coturn.port),
+            "--turn-user",
+            "test",
+            "--turn-pass",
+            "test",
+        ]);
+        let (a, b) = pair((Impl::Ours, args.clone()), (Impl::Ours, args));
+        assert_connected(&a, "relay", transport);
+        assert_connected(&b, "relay", transport);
+        assert_eq!(a.0["remote"]["type"], "relay");
+    }
+}
+
+#[test]
+fn interop_with_aioice_relayed_through_coturn() {
+    require_aioice();
+    for ours_offers in [true, false] {
+        for trickle in [false, true] {
+            // A fresh server each time: aioice gives up its relay candidate on a 437.
+            let coturn = Coturn::start();
+            let mut ours = s(&[
+                "--loopback",
+                "--relay-only",
+                "--turn",
+                &format!("turn:127.0.0.1:{}", coturn.port),
+                "--turn-user",
+                "test",
+                "--turn-pass",
+                "test",
+            ]);
+            let mut theirs = s(&[
+                "--loopback",
+                "--relay-only",
+                "--turn",
+                &format!("127.0.0.1:{}", coturn.port),
+                "--turn-user",
+                "test",
+                "--turn-pass",
+                "test",
+            ]);
+            if trickle {
+                ours.push("--trickle".into());
+                theirs.push("--trickle".into());
+            }
+            let (o, a) = if ours_offers {
+                ((Impl::Ours, ours), (Impl::Aioice, theirs))
+            } else {
+                ((Impl::Aioice, theirs), (Impl::Ours, ours))
+            };
+            let (ra, rb) = pair(o, a);
+            let ctx = format!("ours_offers={ours_offers} trickle={trickle}");
+            assert_connected(&ra, "relay", &ctx);
+            assert_connected(&rb, "relay", &ctx);
+        }
+    }
+}
