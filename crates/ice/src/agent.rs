@@ -1185,6 +1185,14 @@ impl Agent {
                 if use_candidate && !self.controlling {
                     self.pairs[pi].nominate_on_success = true;
                 }
+                // §7.3.1.4 lets us cancel the in-progress check and trigger a new one. The
+                // peer's nomination waits for our check to succeed, and its request proves the
+                // path works now (its TURN permission or NAT binding may not have existed when
+                // ours went out): resend our request once, at once, rather than waiting for
+                // the retransmission timer.
+                if use_candidate && !self.controlling {
+                    self.resend_in_progress(now, pi);
+                }
             }
             PairState::Waiting | PairState::Frozen | PairState::Failed => {
                 if use_candidate && !self.controlling {
@@ -1509,6 +1517,22 @@ impl Agent {
         self.schedule_check(now);
     }
 
+    fn resend_in_progress(&mut self, now: Instant, pi: usize) {
+        let Some(p) = self.pairs.get_mut(pi) else { return };
+        let Some(c) = &mut p.tx else { return };
+        if c.resent {
+            return;
+        }
+        c.resent = true;
+        let bytes = c.request.clone();
+        let (Some(l), Some(r)) = (self.locals.get(p.local), self.remotes.get(p.remote)) else {
+            return;
+        };
+        let (via, dst) = (l.via, r.addr);
+        self.stats.checks_sent += 1;
+        self.send_via(now, via, dst, bytes);
+    }
+
     fn start_check(&mut self, now: Instant, pi: usize, use_candidate: bool) {
         let (Some(creds), Some(key)) = (self.remote_creds.clone(), self.remote_key.clone()) else {
             return;
@@ -1535,6 +1559,7 @@ impl Agent {
         let Ok(bytes) = message::check_request(&req, &key) else {
             return;
         };
+        let request = bytes.clone();
         let Ok(mut tx) = Transaction::new(now, bytes, dst, self.config.check_retransmit) else {
             return;
         };
@@ -1547,6 +1572,8 @@ impl Agent {
             use_candidate,
             controlling: self.controlling,
             priority: prflx_priority,
+            request,
+            resent: false,
         });
         if let Some(b) = first {
             self.stats.checks_sent += 1;

@@ -85,7 +85,7 @@ enum Input {
 }
 
 enum TurnOut {
-    Udp(Arc<UdpSocket>),
+    Udp(std::net::UdpSocket),
     Stream(mpsc::UnboundedSender<Vec<u8>>),
     Down,
 }
@@ -93,7 +93,9 @@ enum TurnOut {
 /// The agent on real sockets. See the module docs.
 pub struct Driver {
     agent: Agent,
-    sockets: Vec<(SocketAddr, Arc<UdpSocket>)>,
+    /// Host sockets, for sending: plain non-blocking std sockets (a tokio socket's
+    /// `try_send_to` reports WouldBlock until the reactor has seen it writable).
+    sockets: Vec<(SocketAddr, std::net::UdpSocket)>,
     turns: Vec<TurnOut>,
     rx: mpsc::Receiver<Input>,
     tx: mpsc::Sender<Input>,
@@ -175,14 +177,13 @@ impl Driver {
         let now = Instant::now();
         for ip in addrs {
             let addr = SocketAddr::new(*ip, 0);
-            let s = UdpSocket::bind(addr)
-                .await
+            let (send, recv) = bind_pair(addr)?;
+            let local = send
+                .local_addr()
                 .map_err(|source| DriverError::Bind { addr, source })?;
-            let local = s.local_addr().map_err(|source| DriverError::Bind { addr, source })?;
-            let s = Arc::new(s);
             agent.add_host(now, local)?;
-            d.spawn_udp_reader(s.clone(), Some(local), None);
-            d.sockets.push((local, s));
+            d.spawn_udp_reader(recv, Some(local), None);
+            d.sockets.push((local, send));
         }
         for (i, t) in turn_servers.iter().enumerate() {
             let out = match t.transport {
@@ -192,12 +193,9 @@ impl Driver {
                         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
                     };
                     let addr = SocketAddr::new(any, 0);
-                    let s = UdpSocket::bind(addr)
-                        .await
-                        .map_err(|source| DriverError::Bind { addr, source })?;
-                    let s = Arc::new(s);
-                    d.spawn_udp_reader(s.clone(), None, Some(i));
-                    TurnOut::Udp(s)
+                    let (send, recv) = bind_pair(addr)?;
+                    d.spawn_udp_reader(recv, None, Some(i));
+                    TurnOut::Udp(send)
                 }
                 Transport::Tcp | Transport::Tls => {
                     match connect_stream(t.addr, t.transport, tls.as_ref()).await {
@@ -298,14 +296,14 @@ impl Driver {
             match t.via {
                 Via::Host(local) => {
                     if let Some((_, s)) = self.sockets.iter().find(|(a, _)| *a == local) {
-                        if let Err(e) = s.try_send_to(&t.payload, t.destination) {
+                        if let Err(e) = s.send_to(&t.payload, t.destination) {
                             debug!(%e, dst = %t.destination, "send failed");
                         }
                     }
                 }
                 Via::Turn(i) => match self.turns.get(i) {
                     Some(TurnOut::Udp(s)) => {
-                        if let Err(e) = s.try_send_to(&t.payload, t.destination) {
+                        if let Err(e) = s.send_to(&t.payload, t.destination) {
                             debug!(%e, "send to TURN server failed");
                         }
                     }
@@ -372,6 +370,15 @@ impl Driver {
         self.flush();
         r
     }
+}
+
+/// A non-blocking std socket for sending and a tokio clone of it for receiving.
+fn bind_pair(addr: SocketAddr) -> Result<(std::net::UdpSocket, Arc<UdpSocket>), DriverError> {
+    let err = |source| DriverError::Bind { addr, source };
+    let s = std::net::UdpSocket::bind(addr).map_err(err)?;
+    s.set_nonblocking(true).map_err(err)?;
+    let recv = UdpSocket::from_std(s.try_clone().map_err(err)?).map_err(err)?;
+    Ok((s, Arc::new(recv)))
 }
 
 type Halves = (

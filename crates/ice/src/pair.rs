@@ -34,6 +34,10 @@ pub(crate) struct Check {
     pub(crate) use_candidate: bool,
     pub(crate) controlling: bool,
     pub(crate) priority: u32,
+    /// The encoded request, for an early resend.
+    pub(crate) request: Vec<u8>,
+    /// Already resent once because the peer's check came in.
+    pub(crate) resent: bool,
 }
 
 #[derive(Debug)]
