@@ -135,12 +135,8 @@ impl Agent {
             .iter()
             .enumerate()
             .map(|(i, t)| {
-                let mut c = TurnConfig::new(
-                    t.addr,
-                    t.transport,
-                    t.username.clone(),
-                    t.password.clone(),
-                );
+                let mut c =
+                    TurnConfig::new(t.addr, t.transport, t.username.clone(), t.password.clone());
                 c.retransmit = config.stun_retransmit;
                 Turn {
                     client: TurnClient::with_seed(c, rng.random()),
@@ -247,7 +243,7 @@ impl Agent {
     /// diagnostics).
     pub fn pairs(&self) -> Vec<(Candidate, Candidate, PairState, bool)> {
         let mut v: Vec<_> = self.pairs.iter().collect();
-        v.sort_by(|a, b| b.priority.cmp(&a.priority));
+        v.sort_by_key(|p| std::cmp::Reverse(p.priority));
         v.into_iter()
             .filter_map(|p| {
                 Some((
@@ -411,7 +407,13 @@ impl Agent {
     /// A datagram arrived on the host socket bound to `local` from `from`. STUN is processed;
     /// anything else (RFC 7983: first byte above 3) is application data and comes back as
     /// [`Event::Data`].
-    pub fn handle_packet(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, bytes: &[u8]) {
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) {
         self.now = Some(now);
         let Some(li) = self
             .locals
@@ -509,7 +511,8 @@ impl Agent {
         self.remotes.clear();
         self.pairs.clear();
         self.triggered.clear();
-        self.locals.retain(|l| l.cand.kind != CandidateKind::PeerReflexive);
+        self.locals
+            .retain(|l| l.cand.kind != CandidateKind::PeerReflexive);
         self.selected = None;
         self.nominating = None;
         self.first_valid = None;
@@ -825,8 +828,7 @@ impl Agent {
             let Ok(req) = message::plain_binding(&id) else {
                 continue;
             };
-            let Ok(mut tx) = Transaction::new(now, req, server, self.config.stun_retransmit)
-            else {
+            let Ok(mut tx) = Transaction::new(now, req, server, self.config.stun_retransmit) else {
                 continue;
             };
             self.stats.stun_transactions += 1;
@@ -897,7 +899,13 @@ impl Agent {
         true
     }
 
-    fn add_srflx(&mut self, _now: Instant, base: SocketAddr, mapped: SocketAddr, server: SocketAddr) {
+    fn add_srflx(
+        &mut self,
+        _now: Instant,
+        base: SocketAddr,
+        mapped: SocketAddr,
+        server: SocketAddr,
+    ) {
         if mapped == base || self.locals.iter().any(|l| l.cand.addr == mapped) {
             return;
         }
@@ -926,10 +934,7 @@ impl Agent {
     }
 
     fn check_gathering_done(&mut self) {
-        if self.gather_started
-            && self.gathers.is_empty()
-            && self.turns.iter().all(|t| !t.pending)
-        {
+        if self.gather_started && self.gathers.is_empty() && self.turns.iter().all(|t| !t.pending) {
             self.set_gathering(GatheringState::Complete);
         }
     }
@@ -1086,6 +1091,15 @@ impl Agent {
 
     /// RFC 8445 §7.3: an incoming connectivity check.
     fn on_request(&mut self, now: Instant, li: usize, from: SocketAddr, msg: &Message<'_>) {
+        if self.config.policy == Policy::RelayOnly
+            && self
+                .locals
+                .get(li)
+                .is_some_and(|l| l.cand.kind != CandidateKind::Relayed)
+        {
+            // Relay-only: the host sockets are not ours to offer, not even peer-reflexively.
+            return;
+        }
         let id = msg.transaction_id();
         let username = msg
             .get(attr::USERNAME)
@@ -1248,8 +1262,9 @@ impl Agent {
             }
         }
         let Some(pi) = self.pairs.iter_mut().position(|p| {
-            p.tx.as_mut()
-                .is_some_and(|x| x.tx.handle_response(now, from, bytes) == stun::transaction::Matched::Yes)
+            p.tx.as_mut().is_some_and(|x| {
+                x.tx.handle_response(now, from, bytes) == stun::transaction::Matched::Yes
+            })
         }) else {
             return;
         };
@@ -1271,7 +1286,9 @@ impl Agent {
         let (p_local, p_remote) = (self.pairs[pi].local, self.pairs[pi].remote);
         // Symmetric transport addresses (§7.2.5.2.1).
         let expected_from = self.remotes.get(p_remote).map(|r| r.addr);
-        if expected_from != Some(from) || self.locals.get(p_local).map(|l| l.via) != self.locals.get(li).map(|l| l.via) {
+        if expected_from != Some(from)
+            || self.locals.get(p_local).map(|l| l.via) != self.locals.get(li).map(|l| l.via)
+        {
             self.pairs[pi].state = PairState::Failed;
             self.schedule_check(now);
             return;
@@ -1316,8 +1333,7 @@ impl Agent {
                     return;
                 };
                 let lp = self.locals.get(p_local).map_or(0, |l| l.local_pref);
-                let foundation =
-                    self.foundation(CandidateKind::PeerReflexive, base, None, "udp");
+                let foundation = self.foundation(CandidateKind::PeerReflexive, base, None, "udp");
                 let cand = Candidate::new(
                     CandidateKind::PeerReflexive,
                     mapped,
@@ -1325,7 +1341,6 @@ impl Agent {
                     foundation,
                     Some(base),
                 );
-                let _ = lp;
                 self.push_local(Local {
                     cand,
                     base,
@@ -1518,7 +1533,9 @@ impl Agent {
     }
 
     fn resend_in_progress(&mut self, now: Instant, pi: usize) {
-        let Some(p) = self.pairs.get_mut(pi) else { return };
+        let Some(p) = self.pairs.get_mut(pi) else {
+            return;
+        };
         let Some(c) = &mut p.tx else { return };
         if c.resent {
             return;
@@ -1546,7 +1563,11 @@ impl Agent {
         };
         let (via, dst) = (l.via, r.addr);
         // PRIORITY: what a peer-reflexive candidate from this base would get (§7.1.1).
-        let prflx_priority = priority(CandidateKind::PeerReflexive.type_preference(), l.local_pref, 1);
+        let prflx_priority = priority(
+            CandidateKind::PeerReflexive.type_preference(),
+            l.local_pref,
+            1,
+        );
         let username = format!("{}:{}", creds.ufrag, self.local_creds.ufrag);
         let req = CheckRequest {
             id: self.rng.random(),
@@ -1619,7 +1640,11 @@ impl Agent {
         self.triggered.extend(retry);
         if changed {
             if let Some(n) = self.nominating {
-                if self.pairs.get(n).is_some_and(|p| p.state == PairState::Failed) {
+                if self
+                    .pairs
+                    .get(n)
+                    .is_some_and(|p| p.state == PairState::Failed)
+                {
                     self.nominating = None;
                 }
             }
@@ -1691,7 +1716,10 @@ impl Agent {
         let since = now.saturating_duration_since(c.last_ok);
         let start_new = c.tx.is_none() && now >= c.next;
         let (via, dst) = match self.pairs.get(sel).and_then(|p| {
-            Some((self.locals.get(p.local)?.via, self.remotes.get(p.remote)?.addr))
+            Some((
+                self.locals.get(p.local)?.via,
+                self.remotes.get(p.remote)?.addr,
+            ))
         }) {
             Some(x) => x,
             None => return,
@@ -1732,8 +1760,7 @@ impl Agent {
             let Ok(bytes) = message::check_request(&req, &key) else {
                 return;
             };
-            let Ok(mut tx) = Transaction::new(now, bytes, dst, self.config.check_retransmit)
-            else {
+            let Ok(mut tx) = Transaction::new(now, bytes, dst, self.config.check_retransmit) else {
                 return;
             };
             self.stats.stun_transactions += 1;

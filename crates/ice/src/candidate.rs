@@ -332,8 +332,8 @@ mod tests {
         .unwrap();
         assert_eq!(t.protocol, Protocol::Tcp);
         assert_eq!(t.tcp_type.as_deref(), Some("active"));
-        let v6 = Candidate::parse("candidate:3 1 UDP 2122262783 2001:db8::5 5000 typ host")
-            .unwrap();
+        let v6 =
+            Candidate::parse("candidate:3 1 UDP 2122262783 2001:db8::5 5000 typ host").unwrap();
         assert_eq!(v6.addr, "[2001:db8::5]:5000".parse().unwrap());
         assert_eq!(
             Candidate::parse("candidate:1 1 udp 2122262783 abcd-1234.local 5000 typ host"),

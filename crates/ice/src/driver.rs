@@ -214,7 +214,12 @@ impl Driver {
         Ok(d)
     }
 
-    fn spawn_udp_reader(&mut self, s: Arc<UdpSocket>, host: Option<SocketAddr>, turn: Option<usize>) {
+    fn spawn_udp_reader(
+        &mut self,
+        s: Arc<UdpSocket>,
+        host: Option<SocketAddr>,
+        turn: Option<usize>,
+    ) {
         let tx = self.tx.clone();
         self.tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];

@@ -138,6 +138,9 @@ mod tests {
         assert_eq!(decode_blob(&b).unwrap(), d);
         assert_eq!(decode_blob(&d.to_sdp()).unwrap(), d);
         assert_eq!(decode_blob("!!!"), Err(SignalError::Encoding));
-        assert_eq!(decode_blob(&"A".repeat(MAX_BLOB + 1)), Err(SignalError::TooLarge));
+        assert_eq!(
+            decode_blob(&"A".repeat(MAX_BLOB + 1)),
+            Err(SignalError::TooLarge)
+        );
     }
 }

@@ -83,10 +83,7 @@ fn command(imp: Impl, role: &str, extra: &[String], sin: &Path, sout: &Path) -> 
 }
 
 /// Run an offerer and an answerer; returns both JSON results and exit codes.
-fn pair(
-    offer: (Impl, Vec<String>),
-    answer: (Impl, Vec<String>),
-) -> ((Value, i32), (Value, i32)) {
+fn pair(offer: (Impl, Vec<String>), answer: (Impl, Vec<String>)) -> ((Value, i32), (Value, i32)) {
     let dir = scratch("pair");
     let (a_out, b_out) = (dir.join("offer.sig"), dir.join("answer.sig"));
     let a = command(offer.0, "offer", &offer.1, &b_out, &a_out)

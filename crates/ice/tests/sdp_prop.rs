@@ -49,8 +49,7 @@ prop_compose! {
     }
 }
 
-const SEED_LINE: &str =
-    "a=candidate:842163049 1 udp 1677729535 203.0.113.7 61665 typ srflx raddr 10.0.0.2 rport 61665 generation 0";
+const SEED_LINE: &str = "a=candidate:842163049 1 udp 1677729535 203.0.113.7 61665 typ srflx raddr 10.0.0.2 rport 61665 generation 0";
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]

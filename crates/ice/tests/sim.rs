@@ -50,10 +50,15 @@ fn rfc4787_grid_matches_the_oracle_trickle_and_vanilla() {
         for b in KINDS.iter() {
             for trickle in [true, false] {
                 let seed = 1000 + i as u64;
-                let mut w = World::new(seed, a, b, Opts {
-                    trickle,
-                    ..Opts::default()
-                });
+                let mut w = World::new(
+                    seed,
+                    a,
+                    b,
+                    Opts {
+                        trickle,
+                        ..Opts::default()
+                    },
+                );
                 let out = w.run(Duration::from_secs(40));
                 let want = oracle(a, b);
                 let ctx = format!("{a} vs {b} trickle={trickle}: {out:?}");
@@ -175,13 +180,22 @@ fn consent_loss_is_detected_rfc7675() {
     // B vanishes: A's consent checks go unanswered.
     w.silence_b = true;
     let t0 = w.clock.now();
-    w.run_until(|w| w.a.agent.state() == IceState::Disconnected, Duration::from_secs(20));
+    w.run_until(
+        |w| w.a.agent.state() == IceState::Disconnected,
+        Duration::from_secs(20),
+    );
     assert_eq!(w.a.agent.state(), IceState::Disconnected);
     let disc = w.clock.now() - t0;
     // The last consent answer came before the silence: at most 8 s (disconnected_timeout)
     // after the silence began, and at least 8 s minus one consent interval (6 s max).
-    assert!(disc >= Duration::from_secs(2) && disc <= Duration::from_secs(8), "{disc:?}");
-    w.run_until(|w| w.a.agent.state() == IceState::Failed, Duration::from_secs(40));
+    assert!(
+        disc >= Duration::from_secs(2) && disc <= Duration::from_secs(8),
+        "{disc:?}"
+    );
+    w.run_until(
+        |w| w.a.agent.state() == IceState::Failed,
+        Duration::from_secs(40),
+    );
     assert_eq!(w.a.agent.failure(), Some(FailReason::ConsentExpired));
     let failed = w.clock.now() - t0;
     assert!(failed <= Duration::from_secs(31), "{failed:?}");
@@ -264,8 +278,7 @@ fn relay_only_without_a_turn_server_never_connects() {
     assert!(!out.connected);
     assert!(w.a.agent.local_candidates().is_empty());
     assert!(
-        !w.a
-            .agent
+        !w.a.agent
             .local_candidates()
             .iter()
             .any(|c| c.kind == CandidateKind::Host)
@@ -290,3 +303,26 @@ fn lite_agent_answers_and_is_selected() {
     assert!(out.data_ok);
 }
 
+#[test]
+fn trickle_peer_reflexive_first_then_signalled_candidate_rfc8838() {
+    // B's candidates arrive at A 2 s late: A learns B's address from B's check as a
+    // peer-reflexive candidate (RFC 8445 §7.3.1.3), connects with it, and the late signalled
+    // host candidate then takes its place.
+    let mut w = World::new(
+        91,
+        "none",
+        "none",
+        Opts {
+            b_candidate_delay: Duration::from_secs(2),
+            ..Opts::default()
+        },
+    );
+    let out = w.run(Duration::from_secs(1));
+    assert!(out.connected, "{out:?}");
+    assert_eq!(out.path_a, Some(Path::PeerReflexive));
+    assert!(out.connected_at.unwrap() < Duration::from_millis(300));
+    w.run_until(|_| false, Duration::from_secs(3));
+    let (_, remote) = w.a.agent.selected_pair().unwrap();
+    assert_eq!(remote.kind, CandidateKind::Host);
+    assert!(w.a.agent.state().is_connected());
+}

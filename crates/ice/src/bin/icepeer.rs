@@ -34,7 +34,11 @@ enum Role {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "icepeer", version, about = "ICE (RFC 8445) between two peers with copy-paste signaling")]
+#[command(
+    name = "icepeer",
+    version,
+    about = "ICE (RFC 8445) between two peers with copy-paste signaling"
+)]
 struct Args {
     /// offer (controlling) or answer (controlled).
     #[arg(value_enum)]
@@ -445,8 +449,10 @@ async fn run(args: Args) -> Result<i32> {
         eprintln!(
             "icepeer: connected in {:.1} ms: {} -> {}, checks sent {}, rtt {:?}, datagrams {}",
             ttc.as_secs_f64() * 1000.0,
-            l.map(|c| format!("{} {}", c.kind, c.addr)).unwrap_or_default(),
-            r.map(|c| format!("{} {}", c.kind, c.addr)).unwrap_or_default(),
+            l.map(|c| format!("{} {}", c.kind, c.addr))
+                .unwrap_or_default(),
+            r.map(|c| format!("{} {}", c.kind, c.addr))
+                .unwrap_or_default(),
             stats.checks_sent,
             stats.rtt,
             if data_ok { "ok" } else { "lost" }

@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use ice::{Agent, Candidate, CandidateKind, Config, Event, FailReason, IceState, Nomination, Policy, Via};
+use ice::{
+    Agent, Candidate, CandidateKind, Config, Event, FailReason, IceState, Nomination, Policy, Via,
+};
 use nat::NatConfig;
 use nat::net::{Clock, HostId, Link, Net};
 use turn::binding::{Listener, Responder, ResponderConfig, Transport};
@@ -44,6 +46,8 @@ pub struct Opts {
     pub b_lite: bool,
     pub stun_delay: Duration,
     pub signal_delay: Duration,
+    /// Extra delay on B's trickled candidates (not its credentials).
+    pub b_candidate_delay: Duration,
 }
 
 impl Default for Opts {
@@ -59,13 +63,18 @@ impl Default for Opts {
             b_lite: false,
             stun_delay: Duration::ZERO,
             signal_delay: Duration::from_millis(50),
+            b_candidate_delay: Duration::ZERO,
         }
     }
 }
 
 #[derive(Debug, Clone)]
 pub enum Sig {
-    Creds { ufrag: String, pwd: String, lite: bool },
+    Creds {
+        ufrag: String,
+        pwd: String,
+        lite: bool,
+    },
     Cand(Candidate),
     End,
 }
@@ -126,7 +135,8 @@ fn peer_host(
     let h = net.add_host(name, home, private).unwrap();
     let mut cfg = NatConfig::preset(kind, vec![external]).unwrap();
     cfg.udp_timeout = Duration::from_secs(30);
-    net.add_nat(&format!("{name}-nat"), cfg, home, internet).unwrap();
+    net.add_nat(&format!("{name}-nat"), cfg, home, internet)
+        .unwrap();
     (h, private)
 }
 
@@ -203,7 +213,11 @@ impl World {
             ipa,
         );
         let b = peer(
-            mk(opts.b_controlling.unwrap_or(false), opts.b_lite, seed * 2 + 2),
+            mk(
+                opts.b_controlling.unwrap_or(false),
+                opts.b_lite,
+                seed * 2 + 2,
+            ),
             hb,
             ipb,
         );
@@ -234,8 +248,13 @@ impl World {
     }
 
     fn signal(&mut self, to_b: bool, s: Sig) {
-        let due = self.clock.now() + self.opts.signal_delay;
-        self.signals.push_back((due, to_b, s));
+        let mut due = self.clock.now() + self.opts.signal_delay;
+        if !to_b && matches!(s, Sig::Cand(_) | Sig::End) {
+            due += self.opts.b_candidate_delay;
+        }
+        // Keep the queue ordered by due time (delays differ per kind of signal).
+        let at = self.signals.partition_point(|(t, _, _)| *t <= due);
+        self.signals.insert(at, (due, to_b, s));
     }
 
     fn signal_creds(&mut self, from_a: bool) {
@@ -370,7 +389,13 @@ impl World {
                 ) {
                     let SocketAddr::V4(to) = r.to else { continue };
                     self.net
-                        .send_from(now, self.stun_host, self.stun_addr, to, out[..r.len].to_vec())
+                        .send_from(
+                            now,
+                            self.stun_host,
+                            self.stun_addr,
+                            to,
+                            out[..r.len].to_vec(),
+                        )
                         .unwrap();
                 }
                 continue;
@@ -456,7 +481,8 @@ impl World {
 
     pub fn run(&mut self, limit: Duration) -> Outcome {
         let both = |w: &World| {
-            let ended = |p: &Peer| p.agent.state().is_connected() || p.agent.state() == IceState::Failed;
+            let ended =
+                |p: &Peer| p.agent.state().is_connected() || p.agent.state() == IceState::Failed;
             (w.a.agent.state().is_connected() && w.b.agent.state().is_connected())
                 || (ended(&w.a) && ended(&w.b))
         };
