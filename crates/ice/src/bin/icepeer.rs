@@ -177,7 +177,7 @@ fn spawn_reader(path: Option<PathBuf>, tx: mpsc::Sender<String>) {
                 let f = loop {
                     match tokio::fs::File::open(&p).await {
                         Ok(f) => break f,
-                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(1)).await,
                     }
                 };
                 let regular = f.metadata().await.map(|m| m.is_file()).unwrap_or(false);
@@ -203,7 +203,7 @@ async fn follow(mut f: tokio::fs::File, tx: mpsc::Sender<String>) {
     let mut buf = [0u8; 4096];
     loop {
         match f.read(&mut buf).await {
-            Ok(0) => tokio::time::sleep(Duration::from_millis(2)).await,
+            Ok(0) => tokio::time::sleep(Duration::from_millis(1)).await,
             Ok(n) => {
                 pending.extend_from_slice(buf.get(..n).unwrap_or_default());
                 while let Some(i) = pending.iter().position(|b| *b == b'\n') {

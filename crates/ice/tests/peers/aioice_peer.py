@@ -66,13 +66,13 @@ async def read_lines(path, queue):
                 return
             await queue.put(line.rstrip("\r\n"))
     while not os.path.exists(path):
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.001)
     pending = b""
     with open(path, "rb") as f:
         while True:
             chunk = f.read(4096)
             if not chunk:
-                await asyncio.sleep(0.002)
+                await asyncio.sleep(0.001)
                 continue
             pending += chunk
             while b"\n" in pending:
