@@ -1056,6 +1056,14 @@ impl Agent {
 
     fn handle_on(&mut self, now: Instant, li: usize, from: SocketAddr, bytes: &[u8]) {
         if !message::is_stun(bytes) {
+            // Application data only from the peer's known addresses (signalled or learnt
+            // from its checks); anything else is noise or an attack on the socket.
+            if !self.remotes.iter().any(|r| r.addr == from)
+                && self.carry.is_none_or(|(_, _, dst)| dst != from)
+            {
+                trace!(%from, "data from an unknown source dropped");
+                return;
+            }
             self.stats.data_received += 1;
             self.events.push_back(Event::Data {
                 from,
