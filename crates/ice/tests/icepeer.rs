@@ -318,3 +318,17 @@ fn interop_with_aioice_relayed_through_coturn() {
         }
     }
 }
+
+#[test]
+fn icepeer_full_agent_against_an_ice_lite_answerer() {
+    let args = s(&["--loopback", "--trickle"]);
+    let mut lite = args.clone();
+    lite.push("--lite".into());
+    let (a, b) = pair((Impl::Ours, args), (Impl::Ours, lite));
+    assert_connected(&a, "host", "full");
+    assert_connected(&b, "host", "lite");
+    // RFC 8445 §2.5: the lite agent never checks; the full one does all of it.
+    assert_eq!(b.0["checks_sent"], 0);
+    assert_eq!(a.0["checks_received"], 0);
+    assert_eq!(a.0["role"], "controlling");
+}
