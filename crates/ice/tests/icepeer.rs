@@ -184,7 +184,15 @@ fn interop_with_aioice_on_loopback_both_roles_trickle_and_vanilla() {
 pub struct Coturn {
     _p: Proc,
     pub port: u16,
-    _dir: PathBuf,
+    /// TURN over TLS port and the CA file (the self-signed certificate) when started with TLS.
+    pub tls: Option<(u16, PathBuf)>,
+    dir: PathBuf,
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn free_port() -> u16 {
@@ -219,15 +227,38 @@ fn wait_stun(addr: SocketAddr) {
 
 impl Coturn {
     pub fn start() -> Coturn {
+        Coturn::start_with(false)
+    }
+
+    pub fn start_with(with_tls: bool) -> Coturn {
         let port = free_port();
         let dir = scratch("coturn");
+        let mut tls_args = vec!["--no-tls".to_owned()];
+        let mut tls = None;
+        if with_tls {
+            let ck = rcgen::generate_simple_self_signed(vec![
+                "127.0.0.1".to_owned(),
+                "localhost".to_owned(),
+            ])
+            .unwrap();
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            std::fs::write(&cert, ck.cert.pem()).unwrap();
+            std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+            let tport = free_port();
+            tls_args = vec![
+                format!("--tls-listening-port={tport}"),
+                format!("--cert={}", cert.display()),
+                format!("--pkey={}", key.display()),
+            ];
+            tls = Some((tport, cert));
+        }
         let p = Command::new("turnserver")
+            .args(&tls_args)
             .args([
                 "-n",
                 "-L",
                 "127.0.0.1",
                 &format!("--listening-port={port}"),
-                "--no-tls",
                 "--no-dtls",
                 "--no-cli",
                 "--lt-cred-mech",
@@ -247,7 +278,8 @@ impl Coturn {
         let c = Coturn {
             _p: Proc(p),
             port,
-            _dir: dir,
+            tls,
+            dir,
         };
         wait_stun(SocketAddr::from(([127, 0, 0, 1], port)));
         c
@@ -331,4 +363,31 @@ fn icepeer_full_agent_against_an_ice_lite_answerer() {
     assert_eq!(b.0["checks_sent"], 0);
     assert_eq!(a.0["checks_received"], 0);
     assert_eq!(a.0["role"], "controlling");
+}
+
+#[test]
+fn icepeer_pair_relay_only_through_coturn_over_tls() {
+    let coturn = Coturn::start_with(true);
+    let (tport, ca) = coturn.tls.clone().unwrap();
+    // Wait for the TLS listener too.
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", tport)).is_err() {
+        assert!(Instant::now() < end, "coturn's TLS port never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let args = vec![
+        "--loopback".to_owned(),
+        "--relay-only".to_owned(),
+        "--turn".to_owned(),
+        format!("turns:127.0.0.1:{tport}"),
+        "--turn-ca".to_owned(),
+        ca.display().to_string(),
+        "--turn-user".to_owned(),
+        "test".to_owned(),
+        "--turn-pass".to_owned(),
+        "test".to_owned(),
+    ];
+    let (a, b) = pair((Impl::Ours, args.clone()), (Impl::Ours, args));
+    assert_connected(&a, "relay", "tls");
+    assert_connected(&b, "relay", "tls");
 }
