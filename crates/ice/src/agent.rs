@@ -117,6 +117,8 @@ pub struct Agent {
     host_count: usize,
     /// Last authenticated check from the peer: while it keeps checking, we do not give up.
     last_request: Option<Instant>,
+    /// When the last paced check went out (Ta pacing).
+    last_check_at: Option<Instant>,
 }
 
 impl Agent {
@@ -180,6 +182,7 @@ impl Agent {
             stats: Stats::default(),
             host_count: 0,
             last_request: None,
+            last_check_at: None,
             config,
         })
     }
@@ -1484,7 +1487,6 @@ impl Agent {
             return;
         }
         let at = self
-            .stats
             .last_check_at
             .map_or(now, |t| (t + self.config.ta).max(now));
         self.next_check = Some(at);
@@ -1536,7 +1538,7 @@ impl Agent {
         let use_candidate = self.controlling
             && (self.config.nomination == Nomination::Aggressive || self.nominating == Some(pi));
         self.start_check(now, pi, use_candidate);
-        self.stats.last_check_at = Some(now);
+        self.last_check_at = Some(now);
         self.schedule_check(now);
     }
 
@@ -1704,7 +1706,7 @@ impl Agent {
             self.schedule_check(now);
         } else {
             self.start_check(now, best, true);
-            self.stats.last_check_at = Some(now);
+            self.last_check_at = Some(now);
         }
     }
 

@@ -62,7 +62,7 @@ pub mod sdp;
 pub mod signal;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use agent::{Agent, Credentials};
 pub use candidate::{Candidate, CandidateKind};
@@ -220,8 +220,6 @@ pub struct Stats {
     pub data_received: u64,
     /// Candidate pairs.
     pub pairs: usize,
-    /// When the last paced check was sent (internal bookkeeping).
-    pub last_check_at: Option<Instant>,
 }
 
 /// Errors of the agent API.
