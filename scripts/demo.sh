@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The main job, offline: build, start turnd as an RFC 5780 server on 127.0.0.1 + 127.0.0.2,
-# and classify the (absent) NAT in front of loopback with natprobe, as a table and as JSON.
+# and classify the (absent) NAT in front of loopback with natprobe, as a table and as JSON;
+# then (as root) run the double-NAT scenario in network namespaces with the simulator.
 # On a machine with Internet access, `cargo run --release -p probe --bin natprobe` classifies
 # your real NAT against public RFC 5780 servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -q -p turn -p probe
+cargo build --release -q -p turn -p probe -p sim
 target="${CARGO_TARGET_DIR:-target}/release"
 
 out=$(mktemp)
@@ -26,3 +27,12 @@ r = json.load(sys.stdin)
 for k in ["server","local","mapped","nat","udp_blocked","rfc5780","mapping","filtering",
           "hairpinning","port_preservation","binding_lifetime_s","legacy"]:
     print(f"  {k}: {json.dumps(r[k])}")'
+
+echo
+if [ "$(id -u)" -eq 0 ]; then
+    echo "The simulator: a home NAT behind a carrier-grade NAT, in network namespaces"
+    echo "(sim scenarios/double_nat.toml; reports in reports/double_nat/):"
+    "$target/sim" scenarios/double_nat.toml
+else
+    echo "Run as root to see the simulator: sudo $target/sim scenarios/double_nat.toml"
+fi

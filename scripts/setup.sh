@@ -9,9 +9,11 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 # coturn: the reference STUN/TURN server and clients we test against.
-# iproute2 + nftables: network namespaces and kernel NAT for the namespace tests.
+# iproute2 + nftables: network namespaces and kernel NAT for the namespace tests and `sim`.
+# iputils-ping: scenarios ping through the emulated NATs. tshark: tests open sim's pcap files.
 $SUDO apt-get install -y -qq --no-install-recommends \
-    coturn iproute2 nftables procps ca-certificates build-essential pkg-config >/dev/null
+    coturn iproute2 nftables procps iputils-ping tshark ca-certificates build-essential \
+    pkg-config >/dev/null
 # Debian enables a coturn service; natscope starts its own instances, never this one.
 $SUDO systemctl disable --now coturn >/dev/null 2>&1 || true
 

@@ -15,7 +15,10 @@ if [ -x scripts/fuzz_build.sh ]; then
     echo "== fuzz targets build"
     scripts/fuzz_build.sh
 fi
-if [ -x scripts/bench_binding.sh ]; then
-    echo "== benchmark script (quick mode; figures are not asserted)"
-    scripts/bench_binding.sh --quick
-fi
+# Benchmark scripts in quick mode so they cannot rot; figures are printed, never asserted.
+for bench in bench_binding bench_fabric bench_turn bench_ice; do
+    if [ -x "scripts/$bench.sh" ]; then
+        echo "== scripts/$bench.sh --quick"
+        "scripts/$bench.sh" --quick
+    fi
+done

@@ -79,7 +79,7 @@ pub enum Mode {
 pub struct TcpTimeouts {
     /// Established connections: at least 2 h 4 min.
     pub established: Duration,
-    /// Partially open or closing connections: at least 4 min.
+    /// Partially open, closed (FIN both ways) or reset connections: at least 4 min.
     pub transitory: Duration,
 }
 
@@ -107,7 +107,8 @@ pub struct NatConfig {
     pub port_assignment: PortAssignment,
     /// Keep the parity of the internal port (RFC 4787 REQ-4).
     pub port_parity: bool,
-    /// External ports, inclusive.
+    /// External ports, inclusive, for every internal source port (well-known ones too: the
+    /// 0-1023 / 1024-65535 split of RFC 4787 REQ-3 a is not modelled).
     pub port_range: (u16, u16),
     /// External addresses (at least one in `Mode::Nat`; unused otherwise).
     pub external: Vec<Ipv4Addr>,
@@ -162,6 +163,9 @@ pub enum ConfigError {
     /// A zero timeout.
     #[error("timeout `{0}` must be greater than zero")]
     ZeroTimeout(&'static str),
+    /// A timeout longer than [`NatConfig::MAX_TIMEOUT`].
+    #[error("timeout `{0}` must be at most 7 days")]
+    TimeoutTooLong(&'static str),
     /// `max_mappings` is zero.
     #[error("max_mappings must be at least 1")]
     NoMappings,
@@ -192,6 +196,11 @@ const PRESET_NAMES: &[&str] = &[
 impl NatConfig {
     /// Names [`NatConfig::preset`] knows.
     pub const PRESETS: &'static [&'static str] = PRESET_NAMES;
+
+    /// The longest timeout [`NatConfig::validate`] accepts: 7 days, far beyond any RFC
+    /// minimum (2 h 4 min for established TCP), and small enough that `now + timeout` never
+    /// overflows an `Instant`.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
     /// A named configuration with the given external addresses (ignored by firewalls).
     ///
@@ -294,14 +303,17 @@ impl NatConfig {
                 "port parity needs both an even and an odd port",
             ));
         }
-        if self.udp_timeout.is_zero() {
-            return Err(ConfigError::ZeroTimeout("udp_timeout"));
-        }
-        if self.tcp.established.is_zero() {
-            return Err(ConfigError::ZeroTimeout("tcp.established"));
-        }
-        if self.tcp.transitory.is_zero() {
-            return Err(ConfigError::ZeroTimeout("tcp.transitory"));
+        for (name, t) in [
+            ("udp_timeout", self.udp_timeout),
+            ("tcp.established", self.tcp.established),
+            ("tcp.transitory", self.tcp.transitory),
+        ] {
+            if t.is_zero() {
+                return Err(ConfigError::ZeroTimeout(name));
+            }
+            if t > Self::MAX_TIMEOUT {
+                return Err(ConfigError::TimeoutTooLong(name));
+            }
         }
         if self.max_mappings == 0 {
             return Err(ConfigError::NoMappings);
@@ -414,6 +426,39 @@ mod tests {
             ..NatConfig::default()
         };
         fw.validate().unwrap();
+    }
+
+    /// Timeouts are bounded (at most `NatConfig::MAX_TIMEOUT`, 7 days) so that `now + timeout`
+    /// can never overflow an `Instant`.
+    #[test]
+    fn validation_bounds_timeouts() {
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert_eq!(NatConfig::MAX_TIMEOUT, week);
+        type Set = fn(&mut NatConfig, Duration);
+        let fields: [(&str, Set); 3] = [
+            ("udp_timeout", |c, d| c.udp_timeout = d),
+            ("tcp.established", |c, d| c.tcp.established = d),
+            ("tcp.transitory", |c, d| c.tcp.transitory = d),
+        ];
+        for (name, set) in fields {
+            for d in [Duration::MAX, week + Duration::from_nanos(1)] {
+                let mut c = NatConfig::default();
+                set(&mut c, d);
+                assert_eq!(
+                    c.validate(),
+                    Err(ConfigError::TimeoutTooLong(name)),
+                    "{name}"
+                );
+            }
+            let mut c = NatConfig::default();
+            set(&mut c, week);
+            c.validate().unwrap();
+        }
+        assert!(
+            ConfigError::TimeoutTooLong("udp_timeout")
+                .to_string()
+                .contains("7 days")
+        );
     }
 
     #[test]

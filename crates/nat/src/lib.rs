@@ -43,8 +43,9 @@
 //!
 //! - RFC 4787 §4.1 mapping (endpoint-independent, address-dependent,
 //!   address-and-port-dependent; REQ-1), pooling paired/arbitrary (REQ-2);
-//!   §4.2 port assignment (preservation with fallback, sequential, random; REQ-3 ranges,
-//!   REQ-4 parity); §4.3 mapping refresh (REQ-5 timeout, REQ-6 outbound always refreshes,
+//!   §4.2 port assignment (preservation with fallback, sequential, random, all within one
+//!   configured `port_range`; REQ-3 no port overloading: an external endpoint belongs to
+//!   one live mapping; REQ-4 parity); §4.3 mapping refresh (REQ-5 timeout, REQ-6 outbound always refreshes,
 //!   inbound per `inbound_refresh`); §5 filtering (REQ-8); §6 hairpinning (REQ-9: the
 //!   hairpinned packet carries the sender's external endpoint and passes the target's
 //!   filtering as if it came from outside).
@@ -53,10 +54,12 @@
 //!   through; we do not hold it for 6 s: a simultaneous open still works because the
 //!   peer's retransmitted SYN passes once our own SYN went out), REQ-5 (established idle
 //!   timeout 2 h 4 min, transitory 4 min). State per remote endpoint from SYN/FIN/RST seen in
-//!   both directions: established once a SYN went each way and no FIN/RST was seen;
-//!   otherwise transitory (partially open, closing after a FIN in either direction, or
-//!   after an RST). A TCP mapping may be created by any outbound segment but RST (a
-//!   connection picked up mid-stream stays transitory).
+//!   both directions: established once a SYN went each way, until an RST or a FIN in each
+//!   direction (a half-close keeps the established timeout: RFC 7857 §2.2, RFC 6146
+//!   §3.5.2.2); otherwise transitory (partially open, closed both ways, or reset). A SYN
+//!   without ACK on a session that saw a FIN or an RST starts a new connection on the same
+//!   4-tuple with a fresh state (RFC 6146 §3.5.2.2). A TCP mapping may be created by any
+//!   outbound segment but RST (a connection picked up mid-stream stays transitory).
 //! - RFC 5508 §3.1 (ICMP echo: identifier as port) and §4 in spirit (ICMP errors
 //!   destination-unreachable, time-exceeded, parameter-problem translated both ways,
 //!   embedded header and checksums included, only for a live mapping whose session matches
@@ -69,7 +72,8 @@
 //! followers get lost: a datagram that needs fragmenting does not cross this NAT); ALGs;
 //! TTL decrement and ICMP generation by the NAT itself (it never answers pings to its own
 //! addresses and never sends port-unreachable); holding unsolicited SYNs; IP options are
-//! carried but not interpreted.
+//! carried but not interpreted; RFC 4787 REQ-3 a (source ports 0-1023 kept in 0-1023,
+//! others in 1024-65535): every source port maps into the one `port_range`.
 //!
 //! # Memory
 //!

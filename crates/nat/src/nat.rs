@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Behavior, ConfigError, Mode, NatConfig, Pooling, PortAssignment};
 
 /// Most sessions (remote endpoints) one mapping remembers. When full, a new remote endpoint
-/// evicts the session that expires first (counted in [`NatStats::sessions_evicted`]).
+/// evicts the session that expires first, preferring sessions the inside never sent to (opened
+/// by an inbound SYN) (counted in [`NatStats::sessions_evicted`]).
 pub const MAX_SESSIONS_PER_MAPPING: usize = 1024;
 
 /// Transport protocol of a flow.
@@ -255,11 +256,46 @@ struct MapKey {
     scope: Scope,
 }
 
+/// What a session has seen of its TCP connection (RFC 5382 §5, with the FIN handling of
+/// RFC 7857 §2.2 / RFC 6146 §3.5.2.2: a half-close keeps the established lifetime).
 #[derive(Debug, Clone, Copy, Default)]
 struct TcpState {
     syn_out: bool,
     syn_in: bool,
-    closing: bool,
+    fin_out: bool,
+    fin_in: bool,
+    rst: bool,
+}
+
+impl TcpState {
+    /// Account for a segment with `flags` going out (`outbound`) or coming in.
+    fn on_segment(&mut self, flags: TcpFlags, outbound: bool) {
+        // A SYN without ACK on a closing session opens a new connection on the same
+        // 4-tuple (RFC 6146 §3.5.2.2: a SYN in the transitory state starts over): forget
+        // the old connection's FIN/RST, or the new one would stay transitory for good.
+        let bare_syn = flags.syn() && flags.0 & TcpFlags::ACK.0 == 0 && !flags.rst();
+        if bare_syn && self.closing() {
+            *self = TcpState::default();
+        }
+        if outbound {
+            self.syn_out |= flags.syn();
+            self.fin_out |= flags.fin();
+        } else {
+            self.syn_in |= flags.syn();
+            self.fin_in |= flags.fin();
+        }
+        self.rst |= flags.rst();
+    }
+
+    /// A FIN or an RST was seen: the connection is going away (or already half-closed).
+    fn closing(&self) -> bool {
+        self.fin_out || self.fin_in || self.rst
+    }
+
+    /// Both SYNs seen, and neither an RST nor FINs in both directions.
+    fn established(&self) -> bool {
+        self.syn_out && self.syn_in && !self.rst && !(self.fin_out && self.fin_in)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -521,33 +557,45 @@ impl Nat {
             Some(s) if s.expires > now => {
                 let before = s.expires;
                 if proto == Protocol::Tcp {
-                    s.tcp.syn_in |= flags.syn();
-                    s.tcp.closing |= flags.fin() || flags.rst();
+                    s.tcp.on_segment(flags, false);
                 }
                 if inbound_refresh {
                     s.last = now;
                 }
-                s.expires = s.last
-                    + session_timeout(proto, s.tcp, udp_timeout, tcp.established, tcp.transitory);
+                s.expires = deadline(
+                    s.last,
+                    session_timeout(proto, s.tcp, udp_timeout, tcp.established, tcp.transitory),
+                );
+                if !inbound_refresh && !s.sent {
+                    // Opened by an inbound SYN and never answered: with inbound refresh off,
+                    // nothing but the inside may extend it (RFC 4787 REQ-6).
+                    s.expires = s.expires.min(before);
+                }
                 (Some(before), Some(s.expires))
             }
             _ => {
                 if proto == Protocol::Tcp && flags.syn() && !flags.rst() {
                     // An inbound SYN the filter let through opens a session (simultaneous
                     // open or an inbound connection through EIF/ADF); it grants no
-                    // permission (`sent` stays false).
+                    // permission (`sent` stays false). With inbound refresh off it must not
+                    // outlive the mapping either, or a stream of SYNs from anywhere would
+                    // keep the mapping alive (RFC 4787 REQ-6).
                     let st = TcpState {
                         syn_in: true,
                         ..TcpState::default()
                     };
+                    let mut expires = deadline(now, tcp.transitory);
+                    if !inbound_refresh {
+                        expires = expires.min(m.expires);
+                    }
                     let s = Session {
                         last: now,
                         sent: false,
                         tcp: st,
-                        expires: now + tcp.transitory,
+                        expires,
                     };
                     insert_session(m, remote, s, now, &mut self.stats);
-                    (None, Some(now + tcp.transitory))
+                    (None, Some(expires))
                 } else if inbound_refresh {
                     let t = if proto == Protocol::Tcp {
                         tcp.transitory
@@ -555,8 +603,9 @@ impl Nat {
                         udp_timeout
                     };
                     // Only ever grows: `now` does not go backwards.
-                    m.base_expires = Some(now + t);
-                    (None, Some(now + t))
+                    let e = deadline(now, t);
+                    m.base_expires = Some(e);
+                    (None, Some(e))
                 } else {
                     (None, None)
                 }
@@ -653,11 +702,12 @@ impl Nat {
         s.sent = true;
         s.last = now;
         if proto == Protocol::Tcp {
-            s.tcp.syn_out |= flags.syn();
-            s.tcp.closing |= flags.fin() || flags.rst();
+            s.tcp.on_segment(flags, true);
         }
-        s.expires =
-            now + session_timeout(proto, s.tcp, udp_timeout, tcp.established, tcp.transitory);
+        s.expires = deadline(
+            now,
+            session_timeout(proto, s.tcp, udp_timeout, tcp.established, tcp.transitory),
+        );
         let new_s = s.expires;
         session_changed(m, old_s, new_s);
         let new = m.expires;
@@ -871,6 +921,15 @@ impl Nat {
     }
 }
 
+/// `t + d` without the panic on overflow: a validated configuration keeps `d` at most
+/// [`NatConfig::MAX_TIMEOUT`], but the per-packet paths must not panic whatever they are
+/// given. An unrepresentable instant saturates to `t + MAX_TIMEOUT`, or `t` itself.
+fn deadline(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(NatConfig::MAX_TIMEOUT))
+        .unwrap_or(t)
+}
+
 fn session_timeout(
     proto: Protocol,
     tcp: TcpState,
@@ -879,7 +938,7 @@ fn session_timeout(
     transitory: Duration,
 ) -> Duration {
     match proto {
-        Protocol::Tcp if tcp.syn_out && tcp.syn_in && !tcp.closing => established,
+        Protocol::Tcp if tcp.established() => established,
         Protocol::Tcp => transitory,
         Protocol::Udp | Protocol::Icmp => udp,
     }
@@ -911,10 +970,12 @@ fn insert_session(
         m.sessions.retain(|_, s| s.expires > now);
     }
     if m.sessions.len() >= MAX_SESSIONS_PER_MAPPING {
+        // Sessions only opened by inbound SYNs (`sent == false`) go first: anyone can make
+        // those, and they must not push out the sessions the inside opened.
         let victim = m
             .sessions
             .iter()
-            .min_by_key(|(r, s)| (s.expires, **r))
+            .min_by_key(|(r, s)| (s.sent, s.expires, **r))
             .map(|(r, _)| *r);
         if let Some(v) = victim {
             m.sessions.remove(&v);
@@ -941,5 +1002,48 @@ fn recompute_expiry(m: &mut Mapping) {
     }
     if let Some(e) = e {
         m.expires = e;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Even a configuration that skipped validation (timeouts of `Duration::MAX`) must not
+    /// panic on `Instant` arithmetic in the per-packet paths.
+    #[test]
+    fn unvalidated_huge_timeouts_do_not_panic() {
+        let ext = Ipv4Addr::new(203, 0, 113, 1);
+        let cfg = NatConfig::preset("full-cone", vec![ext]).ok_or(ConfigError::NoMappings);
+        let Ok(Ok(mut n)) = cfg.map(|c| Nat::new(c, 1)) else {
+            panic!("preset");
+        };
+        n.config.udp_timeout = Duration::MAX;
+        n.config.tcp.established = Duration::MAX;
+        n.config.tcp.transitory = Duration::MAX;
+        let now = Instant::now();
+        let host = SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 2), 5000);
+        let server = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 443);
+        let other = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 443);
+        let e = n
+            .outbound(now, Protocol::Udp, host, server)
+            .map(|o| o.external);
+        assert_eq!(e, Ok(SocketAddrV4::new(ext, 5000)));
+        let e = SocketAddrV4::new(ext, 5000);
+        assert_eq!(n.inbound(now, Protocol::Udp, other, e), Ok(host));
+        let t = n
+            .outbound_tcp(now, host, server, TcpFlags::SYN)
+            .map(|o| o.external);
+        assert_eq!(t, Ok(e));
+        assert_eq!(n.inbound_tcp(now, other, e, TcpFlags::SYN), Ok(host));
+        assert_eq!(
+            n.inbound_tcp(now, server, e, TcpFlags::SYN | TcpFlags::ACK),
+            Ok(host)
+        );
+        // Still live much later.
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(n.inbound(later, Protocol::Udp, server, e), Ok(host));
+        n.handle_timeout(later);
+        assert_eq!(n.mapping_count(), 2);
     }
 }

@@ -140,7 +140,8 @@ pub struct NetStats {
     pub sent: u64,
     /// Datagrams delivered to hosts.
     pub delivered: u64,
-    /// Drops by reason: `loss`, `no-route`, or a NAT's [`crate::DropReason::as_str`].
+    /// Drops by reason: `loss`, `no-route`, `delay-overflow` (a link delay beyond what an
+    /// `Instant` can hold), or a NAT's [`crate::DropReason::as_str`].
     pub dropped: BTreeMap<&'static str, u64>,
 }
 
@@ -527,14 +528,19 @@ impl Net {
             let j = self
                 .rng
                 .random_range(0..=link.jitter.as_nanos().min(u128::from(u64::MAX)) as u64);
-            delay += Duration::from_nanos(j);
+            delay = delay.saturating_add(Duration::from_nanos(j));
         }
         if link.reorder > 0.0 && self.rng.random::<f64>() < link.reorder {
-            delay += link.delay + link.jitter;
+            delay = delay.saturating_add(link.delay.saturating_add(link.jitter));
         }
+        // A delay past what an `Instant` can hold means the datagram never arrives.
+        let Some(at) = now.checked_add(delay) else {
+            self.drop_packet("delay-overflow");
+            return;
+        };
         self.seq += 1;
         self.queue.push(Event {
-            at: now + delay,
+            at,
             seq: self.seq,
             hop,
             src,

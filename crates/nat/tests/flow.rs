@@ -132,7 +132,8 @@ fn filtering_state_belongs_to_the_mapping() {
     assert_eq!(n.stats().dropped(DropReason::NotForUs), 1);
 }
 
-/// RFC 4787 REQ-3/§4.2.1: preservation, and a fallback when the port is taken.
+/// RFC 4787 §4.2.1 preservation, and REQ-3 (no port overloading): a fallback port when the
+/// preserved one is taken.
 #[test]
 fn port_preservation_with_collision_fallback() {
     let now = Instant::now();
@@ -439,9 +440,17 @@ fn rfc5382_tcp_state_and_timeouts() {
         n.inbound_tcp(m(60), sa("198.51.100.9:443"), e, TcpFlags::SYN),
         Err(DropReason::Filtered)
     );
-    // FIN: closing, transitory again from the FIN.
+    // One FIN is a half-close: the other direction may still carry data for hours, so the
+    // established timeout stays (RFC 7857 §2.2, RFC 6146 §3.5.2.2).
     n.outbound_tcp(m(61), host, server, TcpFlags::FIN | TcpFlags::ACK)
         .unwrap();
+    assert_eq!(n.poll_timeout(), Some(m(61 + 124)));
+    // The peer's FIN too: closing, transitory from the last refresh (the outbound FIN;
+    // inbound packets do not refresh here).
+    assert_eq!(
+        n.inbound_tcp(m(62), server, e, TcpFlags::FIN | TcpFlags::ACK),
+        Ok(host)
+    );
     assert_eq!(n.poll_timeout(), Some(m(65)));
     assert_eq!(
         n.inbound_tcp(m(66), server, e, TcpFlags::ACK),
@@ -478,6 +487,132 @@ fn rfc5382_tcp_state_and_timeouts() {
     );
 }
 
+/// RFC 7857 §2.2 / RFC 6146 §3.5.2.2: a half-closed connection (FIN in one direction only)
+/// keeps the established timeout; FINs in both directions or an RST make it transitory.
+#[test]
+fn rfc7857_2_2_half_close_keeps_established_timeout() {
+    let t0 = Instant::now();
+    let m = |mins: u64| t0 + Duration::from_secs(60 * mins);
+    let host = sa("192.168.1.2:40000");
+    let server = sa("198.51.100.1:443");
+    for first_fin_out in [true, false] {
+        let mut n = nat(cfg(
+            Behavior::EndpointIndependent,
+            Behavior::AddressAndPortDependent,
+        ));
+        let e = n
+            .outbound_tcp(t0, host, server, TcpFlags::SYN)
+            .unwrap()
+            .external;
+        n.inbound_tcp(t0, server, e, TcpFlags::SYN | TcpFlags::ACK)
+            .unwrap();
+        let fin = TcpFlags::FIN | TcpFlags::ACK;
+        let fin_out = |n: &mut Nat, t| n.outbound_tcp(t, host, server, fin).map(|_| ());
+        let fin_in = |n: &mut Nat, t| n.inbound_tcp(t, server, e, fin).map(|_| ());
+        if first_fin_out {
+            fin_out(&mut n, m(1)).unwrap();
+        } else {
+            fin_in(&mut n, m(1)).unwrap();
+        }
+        assert_eq!(n.poll_timeout(), Some(m(1 + 124)), "half-closed");
+        // The open direction still carries data an hour later, and its mapping is there.
+        assert_eq!(n.inbound_tcp(m(61), server, e, TcpFlags::ACK), Ok(host));
+        assert_eq!(n.poll_timeout(), Some(m(61 + 124)));
+        // A second FIN in the same direction (a retransmission) changes nothing.
+        if first_fin_out {
+            fin_out(&mut n, m(62)).unwrap();
+        } else {
+            fin_in(&mut n, m(62)).unwrap();
+        }
+        assert_eq!(n.poll_timeout(), Some(m(62 + 124)), "retransmitted FIN");
+        // The other direction's FIN closes it: transitory.
+        if first_fin_out {
+            fin_in(&mut n, m(63)).unwrap();
+        } else {
+            fin_out(&mut n, m(63)).unwrap();
+        }
+        assert_eq!(n.poll_timeout(), Some(m(63 + 4)), "closed both ways");
+    }
+    // An RST alone is enough.
+    let mut n = nat(cfg(
+        Behavior::EndpointIndependent,
+        Behavior::AddressAndPortDependent,
+    ));
+    let e = n
+        .outbound_tcp(t0, host, server, TcpFlags::SYN)
+        .unwrap()
+        .external;
+    n.inbound_tcp(t0, server, e, TcpFlags::SYN | TcpFlags::ACK)
+        .unwrap();
+    n.outbound_tcp(m(1), host, server, TcpFlags::RST).unwrap();
+    assert_eq!(n.poll_timeout(), Some(m(5)));
+}
+
+/// RFC 5382 REQ-5 / RFC 6146 §3.5.2.2: a new connection on a 4-tuple whose previous
+/// connection closed (a SYN without ACK on a closing session) starts a fresh TCP state, so it
+/// gets the established timeout once its handshake completes, not the transitory one left over
+/// from the old connection's FINs.
+#[test]
+fn rfc5382_req5_reused_four_tuple_gets_established_timeout() {
+    let t0 = Instant::now();
+    let host = sa("192.168.1.2:40000");
+    let server = sa("198.51.100.1:443");
+    let mut n = nat(cfg(
+        Behavior::EndpointIndependent,
+        Behavior::AddressAndPortDependent,
+    ));
+    let e = n
+        .outbound_tcp(t0, host, server, TcpFlags::SYN)
+        .unwrap()
+        .external;
+    n.inbound_tcp(t0, server, e, TcpFlags::SYN | TcpFlags::ACK)
+        .unwrap();
+    n.outbound_tcp(t0, host, server, TcpFlags::FIN | TcpFlags::ACK)
+        .unwrap();
+    n.inbound_tcp(t0, server, e, TcpFlags::FIN | TcpFlags::ACK)
+        .unwrap();
+    // Both FINs: transitory.
+    assert_eq!(n.poll_timeout(), Some(t0 + Duration::from_secs(4 * 60)));
+    // A minute later the host reuses the same 4-tuple for a new connection.
+    let t1 = t0 + Duration::from_secs(60);
+    assert_eq!(
+        n.outbound_tcp(t1, host, server, TcpFlags::SYN)
+            .unwrap()
+            .external,
+        e
+    );
+    // Partially open: transitory from the new SYN.
+    assert_eq!(n.poll_timeout(), Some(t1 + Duration::from_secs(4 * 60)));
+    n.inbound_tcp(t1, server, e, TcpFlags::SYN | TcpFlags::ACK)
+        .unwrap();
+    n.outbound_tcp(t1, host, server, TcpFlags::ACK).unwrap();
+    // Established again: 2 h 4 min.
+    assert_eq!(n.poll_timeout(), Some(t1 + Duration::from_secs(124 * 60)));
+    // A retransmitted SYN-ACK or a stray SYN with ACK does not reset anything.
+    n.inbound_tcp(t1, server, e, TcpFlags::SYN | TcpFlags::ACK)
+        .unwrap();
+    assert_eq!(n.poll_timeout(), Some(t1 + Duration::from_secs(124 * 60)));
+
+    // The same from the outside: after an RST, an inbound SYN (no ACK) on the closed
+    // session starts over too (simultaneous open or a peer reconnecting through EIF).
+    let mut n = nat(cfg(
+        Behavior::EndpointIndependent,
+        Behavior::EndpointIndependent,
+    ));
+    let e = n
+        .outbound_tcp(t0, host, server, TcpFlags::SYN)
+        .unwrap()
+        .external;
+    n.inbound_tcp(t0, server, e, TcpFlags::SYN | TcpFlags::ACK)
+        .unwrap();
+    n.inbound_tcp(t0, server, e, TcpFlags::RST).unwrap();
+    assert_eq!(n.poll_timeout(), Some(t0 + Duration::from_secs(4 * 60)));
+    n.inbound_tcp(t1, server, e, TcpFlags::SYN).unwrap();
+    n.outbound_tcp(t1, host, server, TcpFlags::SYN | TcpFlags::ACK)
+        .unwrap();
+    assert_eq!(n.poll_timeout(), Some(t1 + Duration::from_secs(124 * 60)));
+}
+
 /// RFC 5382 REQ-1/REQ-3 + REQ-4: with endpoint-independent filtering an inbound SYN to a
 /// live mapping passes (inbound connection to a listening host, as for TCP hole punching).
 #[test]
@@ -502,6 +637,86 @@ fn rfc5382_inbound_syn_with_eif() {
         .unwrap();
     // Both SYNs seen: this session is established.
     assert_eq!(n.poll_timeout(), Some(t0 + Duration::from_secs(124 * 60)));
+}
+
+/// RFC 4787 REQ-6 (applied to TCP by RFC 5382): with `inbound_refresh` off, inbound packets
+/// never keep a mapping alive, unsolicited SYNs that endpoint-independent filtering lets
+/// through included.
+#[test]
+fn rfc4787_req6_inbound_syns_do_not_refresh_when_inbound_refresh_is_off() {
+    let t0 = Instant::now();
+    let s = |secs: u64| t0 + Duration::from_secs(secs);
+    let host = sa("192.168.1.2:40000");
+    let mut n = nat(NatConfig {
+        inbound_refresh: false,
+        ..cfg(Behavior::EndpointIndependent, Behavior::EndpointIndependent)
+    });
+    let e = n
+        .outbound_tcp(t0, host, sa("198.51.100.1:443"), TcpFlags::SYN)
+        .unwrap()
+        .external;
+    assert_eq!(n.poll_timeout(), Some(s(240)));
+    for (i, t) in [200u64, 210, 230, 239].into_iter().enumerate() {
+        let peer = std::net::SocketAddrV4::new(ip("198.51.100.9"), 1000 + i as u16);
+        assert_eq!(n.inbound_tcp(s(t), peer, e, TcpFlags::SYN), Ok(host));
+        // The same peer again: its session does not grow past the mapping either.
+        assert_eq!(n.inbound_tcp(s(t), peer, e, TcpFlags::SYN), Ok(host));
+        assert_eq!(n.poll_timeout(), Some(s(240)), "SYN at +{t}s");
+    }
+    assert_eq!(
+        n.inbound_tcp(s(241), sa("198.51.100.9:2000"), e, TcpFlags::SYN),
+        Err(DropReason::Expired)
+    );
+
+    // An inbound connection the host accepts is refreshed by the host's own SYN-ACK.
+    let e = n
+        .outbound_tcp(s(300), host, sa("198.51.100.1:443"), TcpFlags::SYN)
+        .unwrap()
+        .external;
+    let peer = sa("198.51.100.7:5555");
+    assert_eq!(n.inbound_tcp(s(310), peer, e, TcpFlags::SYN), Ok(host));
+    n.outbound_tcp(s(320), host, peer, TcpFlags::SYN | TcpFlags::ACK)
+        .unwrap();
+    assert_eq!(n.poll_timeout(), Some(s(320 + 124 * 60)));
+}
+
+/// Bounded session state must not let strangers push out real sessions: when a mapping holds
+/// `MAX_SESSIONS_PER_MAPPING` sessions, sessions opened by unsolicited inbound SYNs (which
+/// carry no filtering permission, RFC 4787 §5) are evicted before ones the host sent to.
+#[test]
+fn inbound_syn_spray_cannot_evict_sessions_the_host_opened() {
+    let t0 = Instant::now();
+    let host = sa("192.168.1.2:40000");
+    let server = sa("198.51.100.1:443");
+    let mut n = nat(cfg(
+        Behavior::EndpointIndependent,
+        Behavior::EndpointIndependent,
+    ));
+    // Waiting for the server's SYN-ACK: transitory, so it expires before the spray's SYNs.
+    let e = n
+        .outbound_tcp(t0, host, server, TcpFlags::SYN)
+        .unwrap()
+        .external;
+    let t1 = t0 + Duration::from_secs(10);
+    for i in 0..nat::MAX_SESSIONS_PER_MAPPING as u32 + 5 {
+        let o = i.to_be_bytes();
+        let peer = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, o[2], o[3]), 1000);
+        assert_eq!(n.inbound_tcp(t1, peer, e, TcpFlags::SYN), Ok(host));
+    }
+    assert_eq!(n.stats().sessions_evicted, 6);
+    let info = n.mappings().next().unwrap();
+    assert_eq!(
+        info.permitted,
+        vec![server],
+        "the host's own session survived"
+    );
+    // And it still completes its handshake into an established connection.
+    let t2 = t0 + Duration::from_secs(20);
+    assert_eq!(
+        n.inbound_tcp(t2, server, e, TcpFlags::SYN | TcpFlags::ACK),
+        Ok(host)
+    );
+    assert_eq!(n.poll_timeout(), Some(t2 + Duration::from_secs(124 * 60)));
 }
 
 #[test]
@@ -586,6 +801,18 @@ fn table_full_until_mappings_expire() {
     assert_eq!(n.mapping_count(), 1);
     assert_eq!(n.stats().dropped(DropReason::TableFull), 1);
     assert_eq!(n.stats().mappings_created, 3);
+}
+
+/// A timeout too large for `Instant` arithmetic is refused up front, not met as a panic on
+/// the first packet.
+#[test]
+fn nat_new_refuses_unbounded_timeouts() {
+    let mut c = cfg(Behavior::EndpointIndependent, Behavior::EndpointIndependent);
+    c.udp_timeout = Duration::MAX;
+    assert_eq!(
+        Nat::new(c, 1).unwrap_err(),
+        nat::ConfigError::TimeoutTooLong("udp_timeout")
+    );
 }
 
 #[test]

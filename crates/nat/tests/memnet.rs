@@ -331,3 +331,32 @@ fn impairments_are_seeded_and_deterministic() {
         "jitter and reordering must reorder some datagrams"
     );
 }
+
+/// A link delay too large for `Instant` arithmetic loses the datagram instead of panicking.
+#[test]
+fn huge_link_delay_drops_instead_of_panicking() {
+    let mut net = Net::new(3);
+    let lan = net.add_network("lan");
+    let a = net.add_host("a", lan, ip("198.51.100.1")).unwrap();
+    net.add_host("b", lan, ip("198.51.100.2")).unwrap();
+    net.set_host_link(
+        a,
+        Link {
+            delay: Duration::MAX,
+            jitter: Duration::MAX,
+            reorder: 1.0,
+            ..Link::default()
+        },
+    )
+    .unwrap();
+    let mut clock = Clock::new();
+    net.send(
+        clock.now(),
+        sa("198.51.100.1:1"),
+        sa("198.51.100.2:2"),
+        b"x".to_vec(),
+    )
+    .unwrap();
+    assert_eq!(net.next_delivery(&mut clock), None);
+    assert_eq!(net.stats().dropped("delay-overflow"), 1);
+}

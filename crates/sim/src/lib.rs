@@ -1,4 +1,8 @@
 //! natscope simulator library: scenarios, packet fabric, runners, reports.
 #![deny(unsafe_code)]
 
+pub mod fabric;
+pub mod report;
+pub mod runner;
+pub mod scenario;
 pub mod topology;
