@@ -26,6 +26,49 @@
 //! }
 //! ```
 //!
+//! Two agents wired back to back (a "network" that delivers every datagram at once):
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use ice::{Agent, Config, Event, Via};
+//!
+//! let mut now = Instant::now();
+//! let mut a = Agent::new(Config { controlling: true, seed: 1, ..Config::default() }).unwrap();
+//! let mut b = Agent::new(Config { controlling: false, seed: 2, ..Config::default() }).unwrap();
+//! a.add_host(now, "192.0.2.1:5000".parse().unwrap()).unwrap();
+//! b.add_host(now, "192.0.2.2:5000".parse().unwrap()).unwrap();
+//! a.gather(now);
+//! b.gather(now);
+//! // Signaling: credentials and candidates both ways.
+//! let (ca, cb) = (a.local_credentials().clone(), b.local_credentials().clone());
+//! a.set_remote_credentials(now, &cb.ufrag, &cb.pwd).unwrap();
+//! b.set_remote_credentials(now, &ca.ufrag, &ca.pwd).unwrap();
+//! for c in b.local_candidates() { a.add_remote_candidate(now, c).unwrap(); }
+//! for c in a.local_candidates() { b.add_remote_candidate(now, c).unwrap(); }
+//! fn deliver(now: Instant, from: &mut Agent, to: &mut Agent) {
+//!     while let Some(t) = from.poll_transmit() {
+//!         let Via::Host(src) = t.via else { continue };
+//!         to.handle_packet(now, t.destination, src, &t.payload);
+//!     }
+//! }
+//! for _ in 0..100 {
+//!     deliver(now, &mut a, &mut b);
+//!     deliver(now, &mut b, &mut a);
+//!     deliver(now, &mut a, &mut b);
+//!     if a.state().is_connected() && b.state().is_connected() { break; }
+//!     now += Duration::from_millis(10);
+//!     a.handle_timeout(now);
+//!     b.handle_timeout(now);
+//! }
+//! assert!(a.state().is_connected() && b.state().is_connected());
+//! a.send(now, b"\x80hello").unwrap();
+//! let t = a.poll_transmit().unwrap();
+//! let Via::Host(src) = t.via else { unreachable!() };
+//! b.handle_packet(now, t.destination, src, &t.payload);
+//! assert!(std::iter::from_fn(|| b.poll_event())
+//!     .any(|e| matches!(e, Event::Data { ref data, .. } if data == b"\x80hello")));
+//! ```
+//!
 //! [`driver`] runs an agent on tokio: one UDP socket per local address, one connection per
 //! TURN server (UDP, TCP or TLS), application datagrams demultiplexed from STUN by their first
 //! byte (RFC 7983).
