@@ -206,23 +206,23 @@ fn free_port() -> u16 {
     }
 }
 
-/// Wait until a STUN Binding request on UDP gets an answer.
-fn wait_stun(addr: SocketAddr) {
+/// Wait until a STUN Binding request on UDP gets an answer; false after 5 s.
+fn wait_stun(addr: SocketAddr) -> bool {
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let mut req = [0u8; 20];
     req[1] = 1;
     req[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
     req[8..20].copy_from_slice(b"icepeertest1");
-    let end = Instant::now() + Duration::from_secs(10);
+    let end = Instant::now() + Duration::from_secs(5);
     let mut buf = [0u8; 512];
     while Instant::now() < end {
         let _ = s.send_to(&req, addr);
         if s.recv_from(&mut buf).is_ok() {
-            return;
+            return true;
         }
     }
-    panic!("the STUN/TURN server on {addr} never answered");
+    false
 }
 
 impl Coturn {
@@ -230,7 +230,23 @@ impl Coturn {
         Coturn::start_with(false)
     }
 
+    /// Start coturn; a few attempts, since a port found free may be taken (by another test's
+    /// relay allocation) before coturn binds it.
     pub fn start_with(with_tls: bool) -> Coturn {
+        for _ in 0..5 {
+            if let Some(c) = Coturn::try_start(with_tls) {
+                return c;
+            }
+        }
+        panic!("coturn did not come up on loopback in 5 attempts");
+    }
+
+    fn try_start(with_tls: bool) -> Option<Coturn> {
+        // Relay ports below the ephemeral range, a different block per instance, so that
+        // relay allocations of parallel tests never take a listening port picked here.
+        static BLOCK: AtomicU32 = AtomicU32::new(0);
+        let block = BLOCK.fetch_add(1, Ordering::Relaxed) % 100;
+        let min_port = 20000 + block * 100;
         let port = free_port();
         let dir = scratch("coturn");
         let mut tls_args = vec!["--no-tls".to_owned()];
@@ -266,6 +282,8 @@ impl Coturn {
                 "--realm=example.org",
                 "--allow-loopback-peers",
                 "--relay-ip=127.0.0.1",
+                &format!("--min-port={min_port}"),
+                &format!("--max-port={}", min_port + 99),
                 "--log-file=stdout",
                 "--simple-log",
                 "--pidfile",
@@ -281,8 +299,7 @@ impl Coturn {
             tls,
             dir,
         };
-        wait_stun(SocketAddr::from(([127, 0, 0, 1], port)));
-        c
+        wait_stun(SocketAddr::from(([127, 0, 0, 1], port))).then_some(c)
     }
 }
 
