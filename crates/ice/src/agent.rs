@@ -387,6 +387,7 @@ impl Agent {
             // §7.3.1.3 leaves it prflx; RFC 8838 §11 lets the signalled one replace it).
             if self.remotes[i].kind == CandidateKind::PeerReflexive {
                 self.remotes[i] = cand;
+                self.reprioritise();
             }
             return Ok(true);
         }
@@ -743,6 +744,11 @@ impl Agent {
         debug!(controlling, "role switch");
         self.controlling = controlling;
         self.stats.role_switches += 1;
+        self.reprioritise();
+    }
+
+    /// Recompute every pair's priority (after a role switch or a candidate's new priority).
+    fn reprioritise(&mut self) {
         for i in 0..self.pairs.len() {
             let (l, r) = (self.pairs[i].local, self.pairs[i].remote);
             let lp = self.locals.get(l).map_or(0, |x| x.cand.priority);
