@@ -7,10 +7,15 @@ use std::process::ExitCode;
 use crate::config::{self, Flags};
 use clap::Parser;
 
-/// A STUN server that implements RFC 5780 (two IPs x two ports), hardened for public use.
+/// A STUN server that implements RFC 5780 (two IPs x two ports), hardened for public use, and
+/// a TURN server (RFC 8656) when credentials are configured.
 ///
 /// Example (RFC 5780 on loopback):
 ///   turnd --listen 127.0.0.1:3478 --alt-ip 127.0.0.2 --alt-port 3479
+///
+/// Example (TURN over UDP, TCP and TLS, metrics):
+///   turnd --listen 192.0.2.1:3478 --user alice:secret --realm example.org
+///         --tls-listen 192.0.2.1:5349 --cert cert.pem --key key.pem --metrics 127.0.0.1:9641
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -74,6 +79,7 @@ where
         }
     };
 
+    raise_fd_limit();
     let server = match crate::server::spawn(cfg.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -95,12 +101,24 @@ where
         max_tcp_per_source = cfg.max_tcp_per_source,
         "ready"
     );
-    // One machine-readable line on stdout, for scripts and tests that asked for port 0.
-    let list: Vec<String> = server
+    if let Some(t) = &cfg.turn {
+        tracing::info!(
+            realm = %t.realm, users = t.users.len(), rest = t.rest_secret.is_some(),
+            relay_ip = ?t.relay_ip, relay_ip6 = ?t.relay_ip6,
+            relay_ports = %format!("{}-{}", t.ports.start(), t.ports.end()),
+            tls = ?server.tls_addr(), metrics = ?server.metrics_addr(),
+            "TURN enabled"
+        );
+    }
+    // One machine-readable line on stdout, for scripts and tests that asked for port 0:
+    // the listener addresses, then `tls=ADDR` and `metrics=ADDR` when configured.
+    let mut list: Vec<String> = server
         .addresses()
         .iter()
         .map(|(_, a)| a.to_string())
         .collect();
+    list.extend(server.tls_addr().map(|a| format!("tls={a}")));
+    list.extend(server.metrics_addr().map(|a| format!("metrics={a}")));
     println!("turnd ready {}", list.join(" "));
 
     rt.block_on(async {
@@ -120,6 +138,33 @@ where
         tcp_refused = s.tcp_refused.load(Relaxed),
         "shutting down"
     );
+    let metrics = server.turn_metrics().cloned();
+    // Stops listening, and each worker deletes its allocations and closes their relay sockets.
     server.shutdown();
+    if let Some(m) = metrics {
+        tracing::info!(
+            allocations_created = m.allocations_created.load(Relaxed),
+            allocations_expired = m.allocations_expired.load(Relaxed),
+            allocations_deleted = m.allocations_deleted.load(Relaxed),
+            packets_to_peer = m.packets_to_peer.load(Relaxed),
+            packets_to_client = m.packets_to_client.load(Relaxed),
+            bytes_to_peer = m.bytes_to_peer.load(Relaxed),
+            bytes_to_client = m.bytes_to_client.load(Relaxed),
+            auth_failures = m.auth_failures.load(Relaxed),
+            "TURN final stats"
+        );
+    }
     ExitCode::SUCCESS
+}
+
+/// Each allocation holds a relay socket: lift the soft file limit to the hard one.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, "cannot raise the open file limit");
+            }
+        }
+    }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::binding::ResponderConfig;
-use crate::server::{ServerConfig, check_announceable};
+use crate::relay::Cidr;
+use crate::server::{ServerConfig, TlsConfig, TurnConfig, check_announceable};
 
 /// The TOML file. Every key is optional; flags given on the command line win.
 ///
@@ -28,6 +29,28 @@ use crate::server::{ServerConfig, check_announceable};
 /// tcp_idle_timeout_s = 30
 /// udp_io = "gso"              # gso | batch | simple: UDP socket calls (fall back by themselves)
 /// log_format = "text"         # or "json"
+/// # TURN (enabled by users, users_file or auth_secret)
+/// realm = "example.org"
+/// users = ["alice:secret"]
+/// users_file = "/etc/turnd/users"   # one name:password per line, # comments
+/// auth_secret = "shared-secret"     # REST API ephemeral credentials (expiry:user)
+/// nonce_lifetime_s = 600
+/// relay_ip = "192.0.2.1"            # default: the --listen IP
+/// relay_ip6 = "2001:db8::1"
+/// relay_ports = "49152-65535"
+/// allow_peers = ["198.51.100.0/24"] # CIDR; checked before deny_peers and the defaults
+/// deny_peers = ["203.0.113.0/24"]
+/// deny_private_peers = true         # loopback, RFC 1918, 100.64/10, link-local, ULA...
+/// user_quota = 10                   # allocations per user (0 = no limit)
+/// total_quota = 10000
+/// max_lifetime_s = 3600
+/// max_permissions = 64              # per allocation
+/// max_channels = 64                 # per allocation
+/// bandwidth = 0                     # bytes/s per allocation and direction (0 = no cap)
+/// tls_listen = "192.0.2.1:5349"
+/// cert = "/etc/turnd/cert.pem"
+/// key = "/etc/turnd/key.pem"
+/// metrics = "127.0.0.1:9641"
 /// ```
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +87,48 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     /// "gso", "batch" or "simple".
     pub udp_io: Option<String>,
+    /// REALM.
+    pub realm: Option<String>,
+    /// Users, `name:password`.
+    pub users: Option<Vec<String>>,
+    /// File of `name:password` lines.
+    pub users_file: Option<PathBuf>,
+    /// REST API secret.
+    pub auth_secret: Option<String>,
+    /// Nonce lifetime in seconds.
+    pub nonce_lifetime_s: Option<u64>,
+    /// IPv4 (or only) relay address.
+    pub relay_ip: Option<IpAddr>,
+    /// IPv6 relay address.
+    pub relay_ip6: Option<IpAddr>,
+    /// "first-last".
+    pub relay_ports: Option<String>,
+    /// Allowed peer prefixes.
+    pub allow_peers: Option<Vec<String>>,
+    /// Denied peer prefixes.
+    pub deny_peers: Option<Vec<String>>,
+    /// Deny internal peer ranges by default.
+    pub deny_private_peers: Option<bool>,
+    /// Allocations per user.
+    pub user_quota: Option<usize>,
+    /// Allocations in total.
+    pub total_quota: Option<usize>,
+    /// Longest allocation lifetime.
+    pub max_lifetime_s: Option<u64>,
+    /// Permissions per allocation.
+    pub max_permissions: Option<usize>,
+    /// Channels per allocation.
+    pub max_channels: Option<usize>,
+    /// Bytes per second per allocation and direction.
+    pub bandwidth: Option<u64>,
+    /// TLS listening address.
+    pub tls_listen: Option<SocketAddr>,
+    /// Certificate PEM.
+    pub cert: Option<PathBuf>,
+    /// Key PEM.
+    pub key: Option<PathBuf>,
+    /// Metrics endpoint.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Read and parse a TOML file; errors name the file and the line.
@@ -132,6 +197,200 @@ pub struct Flags {
     /// call per datagram). Each falls back to the next if the kernel refuses it.
     #[arg(long, value_parser = ["gso", "batch", "simple"])]
     pub udp_io: Option<String>,
+
+    /// TURN user `name:password` (repeatable). Users or --auth-secret turn TURN on.
+    #[arg(long = "user", value_name = "NAME:PASSWORD", help_heading = "TURN")]
+    pub users: Vec<String>,
+    /// File with one `name:password` per line (`#` starts a comment).
+    #[arg(long, value_name = "FILE", help_heading = "TURN")]
+    pub users_file: Option<PathBuf>,
+    /// Shared secret of REST API ephemeral credentials: username `expiry:user`, password
+    /// base64(HMAC-SHA1(secret, username)); expired usernames are refused.
+    #[arg(long, value_name = "SECRET", help_heading = "TURN")]
+    pub auth_secret: Option<String>,
+    /// REALM (default "natscope").
+    #[arg(long, help_heading = "TURN")]
+    pub realm: Option<String>,
+    /// Nonce lifetime in seconds (then 438 Stale Nonce); default 600.
+    #[arg(long, value_name = "SECS", help_heading = "TURN")]
+    pub nonce_lifetime: Option<u64>,
+    /// Relay address (default: the --listen IP, which must then be concrete).
+    #[arg(long, value_name = "IP", help_heading = "TURN")]
+    pub relay_ip: Option<IpAddr>,
+    /// IPv6 relay address (enables REQUESTED-ADDRESS-FAMILY IPv6).
+    #[arg(long, value_name = "IP", help_heading = "TURN")]
+    pub relay_ip6: Option<IpAddr>,
+    /// Relay port range (default 49152-65535).
+    #[arg(long, value_name = "FIRST-LAST", help_heading = "TURN")]
+    pub relay_ports: Option<String>,
+    /// Allow peers in this prefix (repeatable; checked before the deny rules).
+    #[arg(long = "allow-peer", value_name = "CIDR", help_heading = "TURN")]
+    pub allow_peers: Vec<String>,
+    /// Deny peers in this prefix (repeatable).
+    #[arg(long = "deny-peer", value_name = "CIDR", help_heading = "TURN")]
+    pub deny_peers: Vec<String>,
+    /// Do not deny loopback, private (RFC 1918, 100.64/10, ULA), link-local and other internal
+    /// peers by default. turnd's own service addresses stay denied.
+    #[arg(long, help_heading = "TURN")]
+    pub allow_private_peers: bool,
+    /// Allocations per user (0 = no limit; default 0).
+    #[arg(long, value_name = "N", help_heading = "TURN")]
+    pub user_quota: Option<usize>,
+    /// Allocations in total (0 = no limit; default 0).
+    #[arg(long, value_name = "N", help_heading = "TURN")]
+    pub total_quota: Option<usize>,
+    /// Longest allocation lifetime in seconds (default 3600).
+    #[arg(long, value_name = "SECS", help_heading = "TURN")]
+    pub max_lifetime: Option<u64>,
+    /// Bandwidth cap per allocation and direction, bytes per second (0 = none).
+    #[arg(long, value_name = "BYTES", help_heading = "TURN")]
+    pub bandwidth: Option<u64>,
+    /// TLS listening address (TURN over TLS); needs --cert and --key.
+    #[arg(long, value_name = "IP:PORT", help_heading = "TURN")]
+    pub tls_listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, value_name = "FILE", help_heading = "TURN")]
+    pub cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE", help_heading = "TURN")]
+    pub key: Option<PathBuf>,
+    /// Prometheus metrics endpoint: HTTP GET /metrics on this address.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// `user:password` pairs from a users file; errors name the line.
+fn read_users(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read users file {}: {e}", path.display()))?;
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        out.push(parse_user(line).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?);
+    }
+    Ok(out)
+}
+
+fn parse_user(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((u, p)) if !u.is_empty() && !p.is_empty() => Ok((u.to_owned(), p.to_owned())),
+        _ => Err(format!("user must be name:password, not {s:?}")),
+    }
+}
+
+fn parse_ports(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let bad = || format!("relay ports must be FIRST-LAST (like 49152-65535), not {s:?}");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok(a..=b)
+}
+
+/// The TURN part of the config, if TURN is enabled.
+fn merge_turn(
+    flags: &Flags,
+    file: &FileConfig,
+    listen: SocketAddr,
+) -> Result<Option<TurnConfig>, String> {
+    let mut users = vec![];
+    for u in flags.users.iter().chain(file.users.iter().flatten()) {
+        users.push(parse_user(u)?);
+    }
+    if let Some(p) = flags.users_file.as_ref().or(file.users_file.as_ref()) {
+        users.extend(read_users(p)?);
+    }
+    let secret = flags.auth_secret.clone().or(file.auth_secret.clone());
+    if users.is_empty() && secret.is_none() {
+        return Ok(None);
+    }
+    let mut t = TurnConfig::new();
+    t.users = users;
+    t.rest_secret = secret;
+    if let Some(r) = flags.realm.clone().or(file.realm.clone()) {
+        t.realm = r;
+    }
+    if let Some(n) = flags.nonce_lifetime.or(file.nonce_lifetime_s) {
+        if n == 0 {
+            return Err("nonce lifetime must be at least 1 second".into());
+        }
+        t.nonce_lifetime = Duration::from_secs(n);
+    }
+    let relay_ip = match flags.relay_ip.or(file.relay_ip) {
+        Some(ip) => ip,
+        None if !listen.ip().is_unspecified() => listen.ip(),
+        None => {
+            return Err(
+                "TURN needs a relay address: pass --relay-ip (the --listen IP is a wildcard)"
+                    .into(),
+            );
+        }
+    };
+    if relay_ip.is_unspecified() {
+        return Err("--relay-ip must be a concrete address".into());
+    }
+    let relay_ip6 = flags.relay_ip6.or(file.relay_ip6);
+    match (relay_ip, relay_ip6) {
+        (IpAddr::V4(_), Some(IpAddr::V6(_)) | None) => {
+            t.relay_ip = Some(relay_ip);
+            t.relay_ip6 = relay_ip6;
+        }
+        (IpAddr::V6(_), None) => t.relay_ip6 = Some(relay_ip),
+        _ => return Err("--relay-ip6 must be an IPv6 address next to an IPv4 --relay-ip".into()),
+    }
+    if let Some(r) = flags.relay_ports.as_deref().or(file.relay_ports.as_deref()) {
+        t.ports = parse_ports(r)?;
+    }
+    let cidrs =
+        |v: &mut Vec<Cidr>, items: &mut dyn Iterator<Item = &String>| -> Result<(), String> {
+            for c in items {
+                v.push(c.parse()?);
+            }
+            Ok(())
+        };
+    cidrs(
+        &mut t.allow,
+        &mut flags
+            .allow_peers
+            .iter()
+            .chain(file.allow_peers.iter().flatten()),
+    )?;
+    cidrs(
+        &mut t.deny,
+        &mut flags
+            .deny_peers
+            .iter()
+            .chain(file.deny_peers.iter().flatten()),
+    )?;
+    t.deny_defaults = !flags.allow_private_peers && file.deny_private_peers.unwrap_or(true);
+    if let Some(q) = flags.user_quota.or(file.user_quota) {
+        t.user_quota = q;
+    }
+    if let Some(q) = flags.total_quota.or(file.total_quota) {
+        t.total_quota = q;
+    }
+    if let Some(m) = flags.max_lifetime.or(file.max_lifetime_s) {
+        if m < 60 {
+            return Err("max lifetime must be at least 60 seconds".into());
+        }
+        t.relay.max_lifetime = Duration::from_secs(m);
+        t.relay.default_lifetime = t.relay.default_lifetime.min(t.relay.max_lifetime);
+    }
+    if let Some(m) = file.max_permissions {
+        t.relay.max_permissions = m;
+    }
+    if let Some(m) = file.max_channels {
+        t.relay.max_channels = m.min(0x1000);
+    }
+    if let Some(b) = flags.bandwidth.or(file.bandwidth) {
+        t.relay.bandwidth = (b > 0).then_some(b);
+    }
+    Ok(Some(t))
 }
 
 /// Merge flags over the file into a server config. Returns the config and the log format.
@@ -140,6 +399,13 @@ pub fn merge(flags: &Flags, file: FileConfig) -> Result<(ServerConfig, String), 
         .listen
         .or(file.listen)
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 3478)));
+    let turn = merge_turn(flags, &file, listen)?;
+    let metrics = flags.metrics.or(file.metrics);
+    let tls_parts = (
+        flags.tls_listen.or(file.tls_listen),
+        flags.cert.clone().or(file.cert.clone()),
+        flags.key.clone().or(file.key.clone()),
+    );
     let alt_ip = flags.alt_ip.or(file.alt_ip);
     let alternate = match alt_ip {
         Some(ip) => {
@@ -209,6 +475,19 @@ pub fn merge(flags: &Flags, file: FileConfig) -> Result<(ServerConfig, String), 
     if let Some(s) = file.tcp_idle_timeout_s {
         cfg.tcp_idle_timeout = Duration::from_secs(s);
     }
+    cfg.turn = turn;
+    cfg.metrics = metrics;
+    cfg.tls = match tls_parts {
+        (Some(listen), Some(cert), Some(key)) => {
+            if cfg.turn.is_none() {
+                return Err("TLS serves TURN: configure users or an auth secret too".into());
+            }
+            Some(TlsConfig { listen, cert, key })
+        }
+        (Some(_), _, _) => return Err("--tls-listen needs --cert and --key".into()),
+        (None, None, None) => None,
+        (None, _, _) => return Err("--cert and --key need --tls-listen".into()),
+    };
     let log = flags
         .log_format
         .clone()
@@ -278,6 +557,76 @@ mod tests {
         assert!(f("alt_port = 4000").contains("needs --alt-ip"));
         assert!(f("udp = false\ntcp = false").contains("nothing to serve"));
         assert!(f("listen = \"192.0.2.1:3478\"\nalt_ip = \"2001:db8::1\"").contains("family"));
+    }
+
+    #[test]
+    fn turn_is_off_without_credentials_and_configured_from_file_and_flags() {
+        let (cfg, _) = merge(&Flags::default(), FileConfig::default()).unwrap();
+        assert!(cfg.turn.is_none(), "Binding-only by default");
+        let file: FileConfig = toml::from_str(
+            "listen = \"192.0.2.1:3478\"\nusers = [\"alice:pw\"]\nrealm = \"ex.org\"\n\
+             relay_ports = \"50000-50100\"\nallow_peers = [\"10.0.0.0/8\"]\n\
+             user_quota = 3\nmax_channels = 9999\nbandwidth = 1000\nmetrics = \"127.0.0.1:9641\"",
+        )
+        .unwrap();
+        let flags = Flags {
+            users: vec!["bob:pw2".into()],
+            deny_peers: vec!["198.51.100.0/24".into()],
+            total_quota: Some(50),
+            ..Default::default()
+        };
+        let (cfg, _) = merge(&flags, file).unwrap();
+        let t = cfg.turn.unwrap();
+        assert_eq!(
+            t.users,
+            vec![("bob".into(), "pw2".into()), ("alice".into(), "pw".into())]
+        );
+        assert_eq!(t.realm, "ex.org");
+        assert_eq!(
+            t.relay_ip,
+            Some("192.0.2.1".parse().unwrap()),
+            "the listen IP"
+        );
+        assert_eq!(t.ports, 50000..=50100);
+        assert_eq!((t.allow.len(), t.deny.len()), (1, 1));
+        assert!(t.deny_defaults);
+        assert_eq!((t.user_quota, t.total_quota), (3, 50));
+        assert_eq!(t.relay.max_channels, 0x1000, "capped");
+        assert_eq!(t.relay.bandwidth, Some(1000));
+        assert_eq!(cfg.metrics, Some("127.0.0.1:9641".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_turn_configs_are_explained() {
+        let f = |s: &str| merge(&Flags::default(), toml::from_str(s).unwrap()).unwrap_err();
+        assert!(f("users = [\"alice\"]").contains("name:password"));
+        assert!(
+            f("users = [\"a:b\"]").contains("--relay-ip"),
+            "wildcard listen"
+        );
+        let base = "listen = \"192.0.2.1:3478\"\nusers = [\"a:b\"]\n";
+        assert!(f(&format!("{base}relay_ports = \"9-3\"")).contains("FIRST-LAST"));
+        assert!(f(&format!("{base}allow_peers = [\"10.0.0.0/99\"]")).contains("prefix length"));
+        assert!(f(&format!("{base}tls_listen = \"192.0.2.1:5349\"")).contains("--cert"));
+        assert!(
+            f("listen = \"192.0.2.1:3478\"\ntls_listen = \"192.0.2.1:5349\"\ncert = \"c\"\nkey = \"k\"")
+                .contains("TURN")
+        );
+        let dir = std::env::temp_dir().join(format!("turnd-users-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("users");
+        std::fs::write(&p, "# users\nalice:pw\n\nbroken\n").unwrap();
+        let flags = Flags {
+            users_file: Some(p.clone()),
+            relay_ip: Some("192.0.2.1".parse().unwrap()),
+            ..Default::default()
+        };
+        let e = merge(&flags, FileConfig::default()).unwrap_err();
+        assert!(e.contains("users:4"), "{e}");
+        std::fs::write(&p, "# users\nalice:pw\n").unwrap();
+        let (cfg, _) = merge(&flags, FileConfig::default()).unwrap();
+        assert_eq!(cfg.turn.unwrap().users.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! natscope's server side: `turnd`, a STUN server with complete RFC 5780 support (two
 //! addresses × two ports, CHANGE-REQUEST, RESPONSE-PORT, PADDING, OTHER-ADDRESS,
-//! RESPONSE-ORIGIN), built to face the public Internet. TURN (RFC 8656) comes next.
+//! RESPONSE-ORIGIN), built to face the public Internet, and a TURN server (RFC 8656) when
+//! credentials are configured.
 //!
 //! - [`binding`]: the sans-IO responder. One packet in, at most one answer out, no allocation.
 //! - [`ratelimit`]: per-source token buckets (sans-IO), one table shared by the whole server.
+//! - [`relay`]: the sans-IO TURN core, and its drivers in [`relay::driver`].
 //! - [`server`]: drivers on real sockets (UDP worker threads, TCP on tokio).
 //! - [`config`]: flags and TOML.
 //!

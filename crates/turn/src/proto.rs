@@ -45,6 +45,18 @@ pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 /// long (§12).
 pub const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
 
+/// ADDITIONAL-ADDRESS-FAMILY (RFC 8656 §18.11; comprehension-optional).
+pub const ATTR_ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+/// ADDRESS-ERROR-CODE (RFC 8656 §18.12): why one family of a dual allocation failed.
+pub const ATTR_ADDRESS_ERROR_CODE: u16 = 0x8001;
+/// ICMP (RFC 8656 §18.13).
+pub const ATTR_ICMP: u16 = 0x8004;
+
+/// Highest channel number of RFC 5766 (0x4000-0x7FFF). RFC 8656 §12 reserves 0x5000-0x7FFF,
+/// but RFC 5766 clients (coturn's `turnutils_uclient` among them) still pick numbers there, so
+/// a server may accept them for compatibility.
+pub const CHANNEL_MAX_RFC5766: u16 = 0x7FFF;
+
 /// ChannelData header: channel number (2) and length (2).
 pub const CHANNEL_DATA_HEADER: usize = 4;
 

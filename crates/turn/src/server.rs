@@ -20,6 +20,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::binding::{Listener, Responder, ResponderConfig, Transport};
 use crate::ratelimit::{DEFAULT_BUCKETS, RateLimiter, source_key};
+use crate::relay::driver::{Pools, StreamContext, TurnContext};
+use crate::relay::{
+    self, AuthConfig, Authenticator, Cidr, Metrics, PeerPolicy, Quota, RelayConfig,
+};
 use crate::udp;
 
 /// Which socket calls the UDP workers use. The default is the fastest the kernel offers; each
@@ -77,6 +81,81 @@ pub struct ServerConfig {
     pub tcp_frame_timeout: Duration,
     /// UDP socket calls.
     pub udp_io: UdpIo,
+    /// TURN relay; `None`: a Binding-only server.
+    pub turn: Option<TurnConfig>,
+    /// TLS listener (TURN over TLS, and Binding).
+    pub tls: Option<TlsConfig>,
+    /// Prometheus metrics endpoint (`GET /metrics`).
+    pub metrics: Option<SocketAddr>,
+}
+
+/// TURN settings.
+#[derive(Debug, Clone)]
+pub struct TurnConfig {
+    /// Lifetimes, caps and bandwidth.
+    pub relay: RelayConfig,
+    /// REALM.
+    pub realm: String,
+    /// Static users (name, password).
+    pub users: Vec<(String, String)>,
+    /// REST API shared secret.
+    pub rest_secret: Option<String>,
+    /// Nonce lifetime.
+    pub nonce_lifetime: Duration,
+    /// IPv4 relay address.
+    pub relay_ip: Option<IpAddr>,
+    /// IPv6 relay address.
+    pub relay_ip6: Option<IpAddr>,
+    /// Relay port range.
+    pub ports: std::ops::RangeInclusive<u16>,
+    /// Peer allow list.
+    pub allow: Vec<Cidr>,
+    /// Peer deny list.
+    pub deny: Vec<Cidr>,
+    /// Deny private, loopback, link-local... peers unless allowed (default true).
+    pub deny_defaults: bool,
+    /// Allocations per user (0: no limit).
+    pub user_quota: usize,
+    /// Allocations in total (0: no limit).
+    pub total_quota: usize,
+}
+
+impl TurnConfig {
+    /// Defaults: realm "natscope", ports 49152-65535, nothing else.
+    pub fn new() -> Self {
+        TurnConfig {
+            relay: RelayConfig::default(),
+            realm: "natscope".into(),
+            users: vec![],
+            rest_secret: None,
+            nonce_lifetime: relay::auth::DEFAULT_NONCE_LIFETIME,
+            relay_ip: None,
+            relay_ip6: None,
+            ports: 49152..=65535,
+            allow: vec![],
+            deny: vec![],
+            deny_defaults: true,
+            user_quota: 0,
+            total_quota: 0,
+        }
+    }
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// TLS listener settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Address to listen on (port 0: any).
+    pub listen: SocketAddr,
+    /// Certificate chain, PEM.
+    pub cert: std::path::PathBuf,
+    /// Private key, PEM.
+    pub key: std::path::PathBuf,
 }
 
 impl ServerConfig {
@@ -94,6 +173,9 @@ impl ServerConfig {
             tcp_idle_timeout: Duration::from_secs(30),
             tcp_frame_timeout: Duration::from_secs(5),
             udp_io: UdpIo::default(),
+            turn: None,
+            tls: None,
+            metrics: None,
         }
     }
 }
@@ -123,9 +205,32 @@ pub struct RunningServer {
     threads: Vec<JoinHandle<()>>,
     stats: Arc<Stats>,
     tcp_shutdown: Option<tokio::sync::watch::Sender<bool>>,
+    turn: Option<TurnContext>,
+    tls_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl RunningServer {
+    /// TURN counters, when TURN is enabled.
+    pub fn turn_metrics(&self) -> Option<&Arc<Metrics>> {
+        self.turn.as_ref().map(|t| &t.metrics)
+    }
+
+    /// Live allocations in the whole server (TURN enabled).
+    pub fn allocations(&self) -> usize {
+        self.turn.as_ref().map_or(0, |t| t.shared.quota.live())
+    }
+
+    /// The bound TLS address.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// The bound metrics address.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// Bound listening addresses (ports resolved if 0 was asked for).
     pub fn addresses(&self) -> &[(Listener, SocketAddr)] {
         &self.addresses
@@ -224,6 +329,91 @@ fn resolve_ports(cfg: &mut ResponderConfig, tcp: bool) -> io::Result<()> {
     ))
 }
 
+/// Build the TURN state shared by every driver.
+fn turn_context(
+    t: &TurnConfig,
+    listeners: &[(Listener, SocketAddr)],
+    extra_service: &[SocketAddr],
+) -> io::Result<TurnContext> {
+    let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+    let now = Instant::now();
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut nonce_key = [0u8; 32];
+    rand::fill(&mut nonce_key);
+    let auth = Authenticator::new(AuthConfig {
+        realm: t.realm.clone(),
+        users: t.users.clone(),
+        rest_secret: t.rest_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+        nonce_key,
+        nonce_lifetime: t.nonce_lifetime,
+        epoch: now,
+        unix_at_epoch: unix,
+    })
+    .map_err(|e| invalid(e.to_string()))?;
+    let mut policy = PeerPolicy::new();
+    policy.allow = t.allow.clone();
+    policy.deny = t.deny.clone();
+    policy.deny_defaults = t.deny_defaults;
+    policy.relay_ips = t.relay_ip.into_iter().chain(t.relay_ip6).collect();
+    policy.relay_ports = Some(t.ports.clone());
+    policy.service = listeners
+        .iter()
+        .map(|(_, a)| *a)
+        .chain(extra_service.iter().copied())
+        .collect();
+    let mut relay_cfg = t.relay.clone();
+    if relay_cfg.seed == 0 {
+        relay_cfg.seed = rand::random();
+    }
+    let pools = Pools::new(t.relay_ip, t.relay_ip6, t.ports.clone(), rand::random());
+    Ok(TurnContext {
+        shared: Arc::new(relay::Shared {
+            config: relay_cfg,
+            auth,
+            policy,
+            quota: Quota::new(t.user_quota, t.total_quota),
+        }),
+        metrics: Arc::new(Metrics::default()),
+        pools: Arc::new(Mutex::new(pools)),
+    })
+}
+
+fn tls_acceptor(t: &TlsConfig) -> io::Result<tokio_rustls::TlsAcceptor> {
+    let bad = |what: &str, p: &std::path::Path, e: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} {}: {e}", p.display()),
+        )
+    };
+    let certs = {
+        let f = std::fs::File::open(&t.cert)
+            .map_err(|e| bad("cannot read certificate", &t.cert, e.to_string()))?;
+        rustls_pemfile::certs(&mut io::BufReader::new(f))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("bad certificate PEM", &t.cert, e.to_string()))?
+    };
+    if certs.is_empty() {
+        return Err(bad("no certificate in", &t.cert, "empty".into()));
+    }
+    let key = {
+        let f = std::fs::File::open(&t.key)
+            .map_err(|e| bad("cannot read key", &t.key, e.to_string()))?;
+        rustls_pemfile::private_key(&mut io::BufReader::new(f))
+            .map_err(|e| bad("bad key PEM", &t.key, e.to_string()))?
+            .ok_or_else(|| bad("no private key in", &t.key, "empty".into()))?
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("certificate and key do not fit", &t.cert, e.to_string()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
 /// Bind every listener and start serving.
 pub fn spawn(mut config: ServerConfig) -> io::Result<RunningServer> {
     resolve_ports(&mut config.responder, config.tcp)?;
@@ -245,6 +435,42 @@ pub fn spawn(mut config: ServerConfig) -> io::Result<RunningServer> {
     ));
     let mut threads = vec![];
 
+    // TLS and metrics listeners are bound first so the peer policy knows their addresses.
+    let tls = match &config.tls {
+        Some(t) => {
+            if config.turn.is_none() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "TLS needs TURN: configure users or an auth secret",
+                ));
+            }
+            let acceptor = tls_acceptor(t)?;
+            let l = tcp_listener(t.listen).map_err(|e| annotate(e, "TLS", t.listen))?;
+            Some((l, acceptor))
+        }
+        None => None,
+    };
+    let tls_addr = match &tls {
+        Some((l, _)) => Some(l.local_addr()?),
+        None => None,
+    };
+    let metrics_listener = match config.metrics {
+        Some(a) => Some(tcp_listener(a).map_err(|e| annotate(e, "metrics", a))?),
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let turn = match &config.turn {
+        Some(t) => {
+            let extra: Vec<SocketAddr> = tls_addr.into_iter().chain(metrics_addr).collect();
+            Some(turn_context(t, &addresses, &extra)?)
+        }
+        None => None,
+    };
+    let instances = Arc::new(AtomicU64::new(1));
+
     if config.udp {
         // sockets[listener][worker]; replies from another listener use its first socket.
         let mut sockets: Vec<Vec<Arc<UdpSocket>>> = vec![vec![]; 4];
@@ -257,8 +483,26 @@ pub fn spawn(mut config: ServerConfig) -> io::Result<RunningServer> {
         }
         let senders: Arc<[Option<Arc<UdpSocket>>; 4]> =
             Arc::new(std::array::from_fn(|i| sockets[i].first().cloned()));
-        for &(l, _) in &addresses {
+        for &(l, a) in &addresses {
             for s in &sockets[l.index()] {
+                let name = format!("turnd-udp-{}{}", l.ip, l.port);
+                let builder = std::thread::Builder::new().name(name);
+                if let Some(turn) = &turn {
+                    let w = relay::driver::UdpWorker {
+                        listener: l,
+                        local: a,
+                        socket: s.clone(),
+                        senders: senders.clone(),
+                        responder: responder.clone(),
+                        limiter: limiter.clone(),
+                        stop: stop.clone(),
+                        stats: stats.clone(),
+                        turn: turn.clone(),
+                        instance: instances.fetch_add(1, Ordering::Relaxed),
+                    };
+                    threads.push(builder.spawn(move || w.run())?);
+                    continue;
+                }
                 let ctx = udp::Worker {
                     listener: l,
                     socket: s.clone(),
@@ -269,20 +513,18 @@ pub fn spawn(mut config: ServerConfig) -> io::Result<RunningServer> {
                     stats: stats.clone(),
                     io: config.udp_io,
                 };
-                threads.push(
-                    std::thread::Builder::new()
-                        .name(format!("turnd-udp-{}{}", l.ip, l.port))
-                        .spawn(move || ctx.run())?,
-                );
+                threads.push(builder.spawn(move || ctx.run())?);
             }
         }
     }
 
     let mut tcp_shutdown = None;
-    if config.tcp {
+    if config.tcp || tls.is_some() || metrics_listener.is_some() {
         let mut listeners = vec![];
-        for &(l, a) in &addresses {
-            listeners.push((l, tcp_listener(a).map_err(|e| annotate(e, "TCP", a))?));
+        if config.tcp {
+            for &(l, a) in &addresses {
+                listeners.push((l, tcp_listener(a).map_err(|e| annotate(e, "TCP", a))?));
+            }
         }
         let (tx, rx) = tokio::sync::watch::channel(false);
         tcp_shutdown = Some(tx);
@@ -296,14 +538,23 @@ pub fn spawn(mut config: ServerConfig) -> io::Result<RunningServer> {
                 idle: config.tcp_idle_timeout,
                 frame: config.tcp_frame_timeout,
             },
+            turn: turn.clone().map(|t| StreamContext {
+                turn: t,
+                responder: responder.clone(),
+                stats: stats.clone(),
+                idle: config.tcp_idle_timeout,
+            }),
+            instances: instances.clone(),
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let metrics =
+            metrics_listener.map(|l| (l, turn.as_ref().map(|t| t.metrics.clone()), stats.clone()));
         threads.push(
             std::thread::Builder::new()
                 .name("turnd-tcp".into())
-                .spawn(move || rt.block_on(serve_tcp(listeners, shared, rx)))?,
+                .spawn(move || rt.block_on(serve_tcp(listeners, tls, metrics, shared, rx)))?,
         );
     }
 
@@ -313,6 +564,9 @@ pub fn spawn(mut config: ServerConfig) -> io::Result<RunningServer> {
         threads,
         stats,
         tcp_shutdown,
+        turn,
+        tls_addr,
+        metrics_addr,
     })
 }
 
@@ -330,10 +584,18 @@ struct TcpShared {
     permits: Arc<tokio::sync::Semaphore>,
     per_source: Arc<PerSource>,
     timeouts: TcpTimeouts,
+    /// TURN over TCP/TLS, when enabled.
+    turn: Option<StreamContext>,
+    /// Numbers cores.
+    instances: Arc<AtomicU64>,
 }
+
+type MetricsEndpoint = (StdTcpListener, Option<Arc<Metrics>>, Arc<Stats>);
 
 async fn serve_tcp(
     listeners: Vec<(Listener, StdTcpListener)>,
+    tls: Option<(StdTcpListener, tokio_rustls::TlsAcceptor)>,
+    metrics: Option<MetricsEndpoint>,
     shared: TcpShared,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -346,10 +608,121 @@ async fn serve_tcp(
                 continue;
             }
         };
-        tasks.spawn(accept_loop(listener, l, shared.clone()));
+        tasks.spawn(accept_loop(listener, l, shared.clone(), None));
+    }
+    if let Some((std_listener, acceptor)) = tls {
+        match TcpListener::from_std(std_listener) {
+            Ok(listener) => {
+                tasks.spawn(accept_loop(
+                    listener,
+                    Listener::PRIMARY,
+                    shared.clone(),
+                    Some(acceptor),
+                ));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot register TLS listener"),
+        }
+    }
+    if let Some((std_listener, m, stats)) = metrics {
+        match TcpListener::from_std(std_listener) {
+            Ok(listener) => {
+                tasks.spawn(serve_metrics(listener, m, stats));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot register metrics listener"),
+        }
     }
     let _ = shutdown.changed().await;
+    // Aborting the accept loops drops their connection tasks' handles only; the runtime is
+    // dropped with the thread, which cancels the connections and frees their relay sockets.
     tasks.abort_all();
+}
+
+/// A minimal HTTP/1.1 server for `GET /metrics` (Prometheus text format).
+async fn serve_metrics(listener: TcpListener, metrics: Option<Arc<Metrics>>, stats: Arc<Stats>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let mut req = [0u8; 2048];
+            let mut have = 0;
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while have < req.len() {
+                    let n = stream.read(&mut req[have..]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    have += n;
+                    if req[..have].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                Ok::<_, io::Error>(())
+            })
+            .await;
+            if !matches!(read, Ok(Ok(()))) {
+                return;
+            }
+            let head = &req[..have];
+            let (status, body) =
+                if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
+                    ("200 OK", render_metrics(metrics.as_deref(), &stats))
+                } else {
+                    ("404 Not Found", "only GET /metrics here\n".to_owned())
+                };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+/// The metrics page: TURN counters plus the Binding server's.
+pub fn render_metrics(metrics: Option<&Metrics>, stats: &Stats) -> String {
+    let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let extra = [
+        (
+            "turnd_received_total",
+            "Datagrams and frames received from clients.",
+            l(&stats.received),
+        ),
+        (
+            "turnd_binding_answered_total",
+            "Binding success responses.",
+            l(&stats.answered),
+        ),
+        (
+            "turnd_binding_errors_total",
+            "Binding error responses.",
+            l(&stats.errors),
+        ),
+        (
+            "turnd_malformed_dropped_total",
+            "Client packets dropped by the Binding path.",
+            l(&stats.dropped),
+        ),
+        (
+            "turnd_rate_limited_total",
+            "Packets and connections refused by the rate limiter.",
+            l(&stats.rate_limited),
+        ),
+        (
+            "turnd_tcp_refused_total",
+            "TCP connections refused by the connection caps.",
+            l(&stats.tcp_refused),
+        ),
+    ];
+    match metrics {
+        Some(m) => m.render(&extra),
+        None => Metrics::default().render(&extra),
+    }
 }
 
 /// How long the accept loop pauses after an error that is not about one connection (EMFILE,
@@ -391,7 +764,12 @@ impl LogThrottle {
 }
 
 /// Accept connections on one listener until the task is aborted.
-async fn accept_loop(listener: TcpListener, local: Listener, shared: TcpShared) {
+async fn accept_loop(
+    listener: TcpListener,
+    local: Listener,
+    shared: TcpShared,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut error_log = LogThrottle::default();
     let mut refuse_log = LogThrottle::default();
     loop {
@@ -421,9 +799,61 @@ async fn accept_loop(listener: TcpListener, local: Listener, shared: TcpShared) 
             }
         };
         let shared = shared.clone();
+        let tls = tls.clone();
+        let server_addr = listener.local_addr().unwrap_or(peer);
         tokio::spawn(async move {
-            let r = tcp_connection(stream, peer, local, &shared);
-            if let Err(e) = r.await {
+            let r = match (&shared.turn, tls) {
+                (Some(ctx), tls) => {
+                    let instance = shared.instances.fetch_add(1, Ordering::Relaxed);
+                    let _ = stream.set_nodelay(true);
+                    let transport = if tls.is_some() {
+                        relay::Transport::Tls
+                    } else {
+                        relay::Transport::Tcp
+                    };
+                    let five = relay::FiveTuple {
+                        client: peer,
+                        server: server_addr,
+                        transport,
+                    };
+                    match tls {
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(
+                                shared.timeouts.frame,
+                                acceptor.accept(stream),
+                            );
+                            match handshake.await {
+                                Ok(Ok(s)) => {
+                                    relay::driver::stream_connection(
+                                        s,
+                                        five,
+                                        local,
+                                        ctx.clone(),
+                                        instance,
+                                    )
+                                    .await
+                                }
+                                Ok(Err(e)) => Err(e),
+                                Err(_) => {
+                                    Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake"))
+                                }
+                            }
+                        }
+                        None => {
+                            relay::driver::stream_connection(
+                                stream,
+                                five,
+                                local,
+                                ctx.clone(),
+                                instance,
+                            )
+                            .await
+                        }
+                    }
+                }
+                (None, _) => tcp_connection(stream, peer, local, &shared).await,
+            };
+            if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "TCP connection closed");
             }
             drop(slot);
