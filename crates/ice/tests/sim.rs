@@ -326,3 +326,62 @@ fn trickle_peer_reflexive_first_then_signalled_candidate_rfc8838() {
     assert_eq!(remote.kind, CandidateKind::Host);
     assert!(w.a.agent.state().is_connected());
 }
+
+#[test]
+fn with_a_turn_server_every_pair_connects_and_relays_only_when_needed() {
+    // The same grid with the `turn::relay` core on the public network: where the oracle says
+    // no direct path exists, the relay carries it; elsewhere the direct path still wins.
+    for (i, a) in KINDS.iter().enumerate() {
+        for b in KINDS.iter() {
+            let mut w = World::new(
+                2000 + i as u64,
+                a,
+                b,
+                Opts {
+                    turn: true,
+                    ..Opts::default()
+                },
+            );
+            let out = w.run(Duration::from_secs(40));
+            let want = oracle(a, b).unwrap_or(Path::Relayed);
+            let ctx = format!("{a} vs {b}: {out:?}");
+            assert!(out.connected, "{ctx}");
+            assert_eq!(out.path_a, Some(want), "{ctx}");
+            assert_eq!(out.path_b, Some(want), "{ctx}");
+            assert!(out.data_ok, "{ctx}");
+        }
+    }
+}
+
+#[test]
+fn relay_only_through_the_turn_core_with_exact_counters() {
+    let mut w = World::new(
+        3001,
+        "symmetric",
+        "port-restricted-cone",
+        Opts {
+            turn: true,
+            policy: Policy::RelayOnly,
+            ..Opts::default()
+        },
+    );
+    let out = w.run(Duration::from_secs(20));
+    assert!(out.connected, "{out:?}");
+    assert_eq!(out.path_a, Some(Path::Relayed));
+    assert_eq!(out.path_b, Some(Path::Relayed));
+    assert!(out.data_ok);
+    let (a, b) = (w.a.agent.local_candidates(), w.b.agent.local_candidates());
+    assert!(
+        a.iter().chain(&b).all(|c| c.kind == CandidateKind::Relayed),
+        "{a:?} {b:?}"
+    );
+    assert_eq!((a.len(), b.len()), (1, 1));
+    let (sa, sb) = (w.a.agent.stats(), w.b.agent.stats());
+    // One pair each side (relay to relay). A: its check and its nomination; B: one check.
+    // No STUN gathering under relay-only (the Allocates are the TURN client's).
+    assert_eq!((sa.pairs, sb.pairs), (1, 1));
+    assert_eq!((sa.checks_sent, sb.checks_sent), (2, 1), "{sa:?} {sb:?}");
+    assert_eq!((sa.checks_received, sb.checks_received), (1, 2));
+    assert_eq!((sa.gather_requests_sent, sb.gather_requests_sent), (0, 0));
+    assert_eq!(w.turn.as_ref().unwrap().server.allocations(), 2);
+}

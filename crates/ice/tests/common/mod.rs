@@ -10,7 +10,46 @@ use ice::{
 };
 use nat::NatConfig;
 use nat::net::{Clock, HostId, Link, Net};
+use std::sync::Arc;
+
+use ice::TurnServer;
 use turn::binding::{Listener, Responder, ResponderConfig, Transport};
+use turn::relay::{
+    AuthConfig, Authenticator, Family, FiveTuple, Output, PeerPolicy, PortPool, Quota, RelayConfig,
+    RelayPorts, Server, Shared,
+};
+
+/// Relay ports of the in-process TURN server, all on its one address.
+#[derive(Debug)]
+pub struct Pool {
+    ip: Ipv4Addr,
+    ports: PortPool,
+}
+
+impl RelayPorts for Pool {
+    fn supports(&self, f: Family) -> bool {
+        f == Family::V4
+    }
+    fn acquire(&mut self, f: Family, even: bool) -> Option<SocketAddr> {
+        (f == Family::V4).then_some(())?;
+        Some(SocketAddr::new(self.ip.into(), self.ports.take(even)?))
+    }
+    fn release(&mut self, a: SocketAddr) {
+        self.ports.put(a.port());
+    }
+}
+
+/// The TURN server core (RFC 8656) of the `turn` crate on a public host of the network.
+pub struct TurnHost {
+    pub host: HostId,
+    pub addr: SocketAddrV4,
+    pub server: Server,
+    pub pool: Pool,
+}
+
+pub const TURN_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+/// Local port of each agent's socket towards the TURN server.
+pub const TURN_CLIENT_PORT: u16 = 40000;
 
 /// The kind of path a selected pair uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +87,8 @@ pub struct Opts {
     pub signal_delay: Duration,
     /// Extra delay on B's trickled candidates (not its credentials).
     pub b_candidate_delay: Duration,
+    /// A TURN server (the `turn::relay` core) on the public network; both agents use it.
+    pub turn: bool,
 }
 
 impl Default for Opts {
@@ -64,6 +105,7 @@ impl Default for Opts {
             stun_delay: Duration::ZERO,
             signal_delay: Duration::from_millis(50),
             b_candidate_delay: Duration::ZERO,
+            turn: false,
         }
     }
 }
@@ -115,6 +157,7 @@ pub struct World {
     pub responder: Responder,
     /// Signals in flight: (due, to_b, signal).
     pub signals: VecDeque<(Instant, bool, Sig)>,
+    pub turn: Option<TurnHost>,
     pub silence_b: bool,
     pub opts: Opts,
 }
@@ -183,6 +226,53 @@ impl World {
         .unwrap();
         let clock = Clock::new();
         let start = clock.now();
+        let turn = opts.turn.then(|| {
+            let host = net.add_host("turn", internet, TURN_IP).unwrap();
+            let addr = SocketAddrV4::new(TURN_IP, 3478);
+            let auth = Authenticator::new(AuthConfig {
+                realm: "example.org".into(),
+                users: vec![("user".into(), "pass".into())],
+                rest_secret: None,
+                nonce_key: [7; 32],
+                nonce_lifetime: Duration::from_secs(3600),
+                epoch: start,
+                unix_at_epoch: 1_700_000_000,
+            })
+            .unwrap();
+            let mut policy = PeerPolicy::new();
+            policy.deny_defaults = false;
+            policy.relay_ips = vec![TURN_IP.into()];
+            policy.relay_ports = Some(50000..=50999);
+            policy.service = vec![SocketAddr::V4(addr)];
+            let shared = Arc::new(Shared {
+                config: RelayConfig {
+                    seed,
+                    ..RelayConfig::default()
+                },
+                auth,
+                policy,
+                quota: Quota::new(0, 0),
+            });
+            TurnHost {
+                host,
+                addr,
+                server: Server::new(shared, 0),
+                pool: Pool {
+                    ip: TURN_IP,
+                    ports: PortPool::new(50000..=50999, seed),
+                },
+            }
+        });
+        let turn_servers: Vec<TurnServer> = turn
+            .as_ref()
+            .map(|t| TurnServer {
+                addr: SocketAddr::V4(t.addr),
+                transport: turn::client::Transport::Udp,
+                username: "user".into(),
+                password: "pass".into(),
+            })
+            .into_iter()
+            .collect();
         let mk = |controlling: bool, lite: bool, s: u64| {
             Agent::new(Config {
                 controlling,
@@ -190,6 +280,7 @@ impl World {
                 nomination: opts.nomination,
                 policy: opts.policy,
                 stun_servers: vec![SocketAddr::V4(stun_addr)],
+                turn_servers: turn_servers.clone(),
                 seed: s,
                 ..Config::default()
             })
@@ -231,6 +322,7 @@ impl World {
             stun_addr,
             responder: Responder::new(ResponderConfig::new(SocketAddr::V4(stun_addr), None)),
             signals: VecDeque::new(),
+            turn,
             silence_b: false,
             opts,
         };
@@ -308,14 +400,18 @@ impl World {
                 continue;
             }
             for t in out {
-                let Via::Host(src) = t.via else {
-                    panic!("no TURN in this world");
+                let src = match t.via {
+                    Via::Host(src) => {
+                        assert_eq!(src, SocketAddr::V4(addr));
+                        addr
+                    }
+                    Via::Turn(0) => SocketAddrV4::new(*addr.ip(), TURN_CLIENT_PORT),
+                    Via::Turn(i) => panic!("no TURN server {i}"),
                 };
-                assert_eq!(src, SocketAddr::V4(addr));
                 let SocketAddr::V4(dst) = t.destination else {
                     continue;
                 };
-                self.net.send_from(now, host, addr, dst, t.payload).unwrap();
+                self.net.send_from(now, host, src, dst, t.payload).unwrap();
             }
         }
         self.signal_candidates();
@@ -378,6 +474,52 @@ impl World {
         let mut any = false;
         while let Some(d) = self.net.poll_deliver(now) {
             any = true;
+            if let Some(t) = self.turn.as_mut().filter(|t| t.host == d.host) {
+                let mut out = vec![0u8; 2048];
+                if d.to == t.addr {
+                    let five = FiveTuple {
+                        client: SocketAddr::V4(d.from),
+                        server: SocketAddr::V4(d.to),
+                        transport: turn::relay::Transport::Udp,
+                    };
+                    match t
+                        .server
+                        .handle_client(now, &mut t.pool, five, &d.payload, &mut out)
+                    {
+                        Output::Client { len } => {
+                            self.net
+                                .send_from(now, t.host, t.addr, d.from, out[..len].to_vec())
+                                .unwrap();
+                        }
+                        Output::Peer { relay, peer, data } => {
+                            let (SocketAddr::V4(relay), SocketAddr::V4(peer)) = (relay, peer)
+                            else {
+                                continue;
+                            };
+                            self.net
+                                .send_from(now, t.host, relay, peer, d.payload[data].to_vec())
+                                .unwrap();
+                        }
+                        Output::Binding | Output::None => {}
+                    }
+                } else if let Some(tc) = t.server.handle_peer(
+                    now,
+                    SocketAddr::V4(d.to),
+                    SocketAddr::V4(d.from),
+                    &d.payload,
+                    &mut out,
+                ) {
+                    let (SocketAddr::V4(srv), SocketAddr::V4(client)) =
+                        (tc.five.server, tc.five.client)
+                    else {
+                        continue;
+                    };
+                    self.net
+                        .send_from(now, t.host, srv, client, out[..tc.len].to_vec())
+                        .unwrap();
+                }
+                continue;
+            }
             if d.host == self.stun_host {
                 let mut out = [0u8; 1500];
                 if let Ok(r) = self.responder.handle(
@@ -408,18 +550,27 @@ impl World {
             } else {
                 &mut self.b
             };
-            p.agent.handle_packet(
-                now,
-                SocketAddr::V4(d.to),
-                SocketAddr::V4(d.from),
-                &d.payload,
-            );
+            if d.to.port() == TURN_CLIENT_PORT {
+                p.agent.handle_turn_input(now, 0, &d.payload);
+            } else {
+                p.agent.handle_packet(
+                    now,
+                    SocketAddr::V4(d.to),
+                    SocketAddr::V4(d.from),
+                    &d.payload,
+                );
+            }
         }
         any
     }
 
     fn timers(&mut self) {
         let now = self.clock.now();
+        if let Some(t) = self.turn.as_mut() {
+            if t.server.poll_timeout().is_some_and(|x| x <= now) {
+                t.server.handle_timeout(now, &mut t.pool);
+            }
+        }
         for p in [&mut self.a, &mut self.b] {
             if p.agent.poll_timeout().is_some_and(|t| t <= now) {
                 p.agent.handle_timeout(now);
@@ -450,6 +601,7 @@ impl World {
             self.a.agent.poll_timeout(),
             self.b.agent.poll_timeout(),
             self.signals.front().map(|(t, _, _)| *t),
+            self.turn.as_ref().and_then(|t| t.server.poll_timeout()),
         ]
         .into_iter()
         .flatten()
