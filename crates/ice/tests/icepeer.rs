@@ -408,3 +408,162 @@ fn icepeer_pair_relay_only_through_coturn_over_tls() {
     assert_connected(&a, "relay", "tls");
     assert_connected(&b, "relay", "tls");
 }
+
+/// Our `turnd` (the workspace's TURN server) on loopback with TURN over UDP, TCP and TLS,
+/// loopback peers allowed; killed by PID on drop.
+#[derive(Debug)]
+struct Turnd {
+    _p: Proc,
+    addr: SocketAddr,
+    tls: SocketAddr,
+    ca: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for Turnd {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The `turnd` binary, built by cargo if needed (it belongs to another package, so cargo
+/// gives this test no CARGO_BIN_EXE_ path for it).
+fn turnd_binary() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let st = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "turn", "--bin", "turnd"])
+        .current_dir(&root)
+        .status()
+        .expect("running cargo to build turnd");
+    assert!(st.success(), "building turnd failed");
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/turnd
+    let bin = exe.parent().unwrap().parent().unwrap().join("turnd");
+    assert!(bin.exists(), "turnd not found at {}", bin.display());
+    bin
+}
+
+impl Turnd {
+    fn start() -> Turnd {
+        use std::io::BufRead;
+        static BLOCK: AtomicU32 = AtomicU32::new(0);
+        let first = 30000 + (BLOCK.fetch_add(1, Ordering::Relaxed) % 50) * 100;
+        let dir = scratch("turnd");
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+        let mut child = Command::new(turnd_binary())
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--user",
+                "test:test",
+                "--realm",
+                "example.org",
+            ])
+            .args(["--allow-peer", "127.0.0.0/8", "--rate-limit", "0"])
+            .arg("--relay-ports")
+            .arg(format!("{first}-{}", first + 99))
+            .args(["--tls-listen", "127.0.0.1:0", "--cert"])
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let p = Proc(child);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let _ = tx.send(line);
+            let _ = std::io::copy(&mut r, &mut std::io::sink());
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(15))
+            .expect("turnd printed no ready line");
+        let rest = line
+            .trim()
+            .strip_prefix("turnd ready ")
+            .unwrap_or_else(|| panic!("unexpected first line from turnd: {line:?}"))
+            .to_owned();
+        let (mut addr, mut tls) = (None, None);
+        for tok in rest.split_whitespace() {
+            if let Some(a) = tok.strip_prefix("tls=") {
+                tls = Some(a.parse().unwrap());
+            } else if !tok.contains('=') {
+                addr.get_or_insert(tok.parse().unwrap());
+            }
+        }
+        Turnd {
+            _p: p,
+            addr: addr.unwrap(),
+            tls: tls.unwrap(),
+            ca: cert,
+            dir,
+        }
+    }
+}
+
+#[test]
+fn icepeer_pair_relay_only_through_turnd_udp_tcp_tls() {
+    let turnd = Turnd::start();
+    for url in [
+        format!("turn:{}?transport=udp", turnd.addr),
+        format!("turn:{}?transport=tcp", turnd.addr),
+        format!("turns:{}", turnd.tls),
+    ] {
+        let args = vec![
+            "--loopback".to_owned(),
+            "--relay-only".to_owned(),
+            "--turn".to_owned(),
+            url.clone(),
+            "--turn-ca".to_owned(),
+            turnd.ca.display().to_string(),
+            "--turn-user".to_owned(),
+            "test".to_owned(),
+            "--turn-pass".to_owned(),
+            "test".to_owned(),
+        ];
+        let (a, b) = pair((Impl::Ours, args.clone()), (Impl::Ours, args));
+        assert_connected(&a, "relay", &url);
+        assert_connected(&b, "relay", &url);
+        assert_eq!(a.0["remote"]["type"], "relay", "{url}");
+    }
+}
+
+#[test]
+fn interop_with_aioice_relayed_through_turnd() {
+    require_aioice();
+    for ours_offers in [true, false] {
+        for trickle in [false, true] {
+            let turnd = Turnd::start();
+            let creds = s(&["--turn-user", "test", "--turn-pass", "test"]);
+            let mut ours = s(&["--loopback", "--relay-only", "--turn"]);
+            ours.push(format!("turn:{}", turnd.addr));
+            ours.extend(creds.clone());
+            let mut theirs = s(&["--loopback", "--relay-only", "--turn"]);
+            theirs.push(turnd.addr.to_string());
+            theirs.extend(creds);
+            if trickle {
+                ours.push("--trickle".into());
+                theirs.push("--trickle".into());
+            }
+            let (o, a) = if ours_offers {
+                ((Impl::Ours, ours), (Impl::Aioice, theirs))
+            } else {
+                ((Impl::Aioice, theirs), (Impl::Ours, ours))
+            };
+            let (ra, rb) = pair(o, a);
+            let ctx = format!("turnd ours_offers={ours_offers} trickle={trickle}");
+            assert_connected(&ra, "relay", &ctx);
+            assert_connected(&rb, "relay", &ctx);
+        }
+    }
+}
