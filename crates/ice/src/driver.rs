@@ -163,10 +163,10 @@ impl Driver {
             return Err(DriverError::NoAddress);
         }
         let turn_servers = config.turn_servers.clone();
-        let mut agent = Agent::new(config)?;
+        let agent = Agent::new(config)?;
         let (tx, rx) = mpsc::channel(4096);
         let mut d = Driver {
-            agent: Agent::new(crate::Config::default())?,
+            agent,
             sockets: Vec::new(),
             turns: Vec::new(),
             rx,
@@ -181,7 +181,7 @@ impl Driver {
             let local = send
                 .local_addr()
                 .map_err(|source| DriverError::Bind { addr, source })?;
-            agent.add_host(now, local)?;
+            d.agent.add_host(now, local)?;
             d.spawn_udp_reader(recv, Some(local), None);
             d.sockets.push((local, send));
         }
@@ -210,7 +210,6 @@ impl Driver {
             };
             d.turns.push(out);
         }
-        d.agent = agent;
         Ok(d)
     }
 
