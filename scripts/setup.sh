@@ -13,9 +13,12 @@ $SUDO apt-get update -qq
 # iputils-ping: scenarios ping through the emulated NATs. tshark: tests open sim's pcap files.
 $SUDO apt-get install -y -qq --no-install-recommends \
     coturn iproute2 nftables procps iputils-ping tshark ca-certificates build-essential \
-    pkg-config >/dev/null
+    pkg-config python3 python3-pip >/dev/null
 # Debian enables a coturn service; natscope starts its own instances, never this one.
 $SUDO systemctl disable --now coturn >/dev/null 2>&1 || true
+
+# aioice: the third-party ICE peer our agent is tested against (PyPI, pinned).
+python3 -m pip install --break-system-packages --quiet aioice==0.13.0
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found. Install Rust with rustup (https://rustup.rs), then re-run." >&2

@@ -385,3 +385,50 @@ fn relay_only_through_the_turn_core_with_exact_counters() {
     assert_eq!((sa.gather_requests_sent, sb.gather_requests_sent), (0, 0));
     assert_eq!(w.turn.as_ref().unwrap().server.allocations(), 2);
 }
+
+/// The nine RFC 4787 mapping x filtering combinations against each other (81 pairs): the path
+/// the agents choose must be the one `nat::oracle` derives from the RFC's definitions (its own
+/// symbolic replay of ICE checks, independent of both this agent and the NAT model).
+#[test]
+fn all_nine_by_nine_rfc4787_pairs_match_the_nat_oracle() {
+    use nat::Behavior::{
+        AddressAndPortDependent as Apd, AddressDependent as Ad, EndpointIndependent as Ei,
+    };
+    use nat::oracle::{Direct, Level, Remote, direct};
+    let combos = [
+        ("eim-eif", Ei, Ei),
+        ("eim-adf", Ei, Ad),
+        ("eim-apdf", Ei, Apd),
+        ("adm-eif", Ad, Ei),
+        ("adm-adf", Ad, Ad),
+        ("adm-apdf", Ad, Apd),
+        ("apdm-eif", Apd, Ei),
+        ("apdm-adf", Apd, Ad),
+        ("apdm-apdf", Apd, Apd),
+    ];
+    let mut mismatches = Vec::new();
+    for (i, (a, am, af)) in combos.iter().enumerate() {
+        for (b, bm, bf) in combos.iter() {
+            let want = direct(&[Level::nat(*am, *af)], &[Level::nat(*bm, *bf)]);
+            let mut w = World::new(2000 + i as u64, a, b, Opts::default());
+            let out = w.run(Duration::from_secs(40));
+            let ok = match want {
+                Direct::Connects(Remote::Signalled, Remote::Signalled) => {
+                    out.connected
+                        && out.path_a == Some(Path::ServerReflexive)
+                        && out.path_b == Some(Path::ServerReflexive)
+                }
+                Direct::Connects(..) => {
+                    out.connected
+                        && out.path_a == Some(Path::PeerReflexive)
+                        && out.path_b == Some(Path::PeerReflexive)
+                }
+                Direct::Impossible | Direct::UdpBlocked => !out.connected,
+            };
+            if !ok {
+                mismatches.push(format!("{a} vs {b}: oracle {want:?}, agents {out:?}"));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
