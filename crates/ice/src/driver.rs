@@ -31,23 +31,7 @@ use turn::client::{StreamDecoder, Transport};
 
 use crate::{Agent, Config, Error, Event, Via};
 
-/// Where the trust for a TURN server's TLS certificate comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TlsRoots {
-    /// CA certificates (PEM).
-    CaFile(std::path::PathBuf),
-    /// INSECURE: accept any certificate (self-signed test servers only).
-    Insecure,
-}
-
-/// TLS settings for `turns:` servers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSettings {
-    /// Name checked against the certificate and sent as SNI.
-    pub server_name: String,
-    /// Trust anchors.
-    pub roots: TlsRoots,
-}
+pub use turn::client::driver::{TlsRoots, TlsSettings};
 
 /// Why the driver could not start.
 #[derive(Debug, thiserror::Error)]
@@ -408,101 +392,9 @@ async fn connect_stream(
         return Ok((Box::new(r), Box::new(w)));
     }
     let settings = tls.ok_or_else(|| DriverError::Tls("turns: without TLS settings".into()))?;
-    let stream = tls::connect(tcp, settings).await?;
+    let stream = turn::client::driver::connect_tls(tcp, settings)
+        .await
+        .map_err(DriverError::Tls)?;
     let (r, w) = tokio::io::split(stream);
     Ok((Box::new(r), Box::new(w)))
-}
-
-mod tls {
-    //! rustls client setup (ring provider). The `turn` crate has the same code privately;
-    //! exporting it from there would remove this copy.
-    use std::io::BufReader;
-    use std::sync::Arc;
-
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::crypto::WebPkiSupportedAlgorithms;
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-    use tokio::net::TcpStream;
-    use tokio_rustls::TlsConnector;
-    use tokio_rustls::client::TlsStream;
-
-    use super::{DriverError, TlsRoots, TlsSettings};
-
-    pub(super) async fn connect(
-        tcp: TcpStream,
-        s: &TlsSettings,
-    ) -> Result<TlsStream<TcpStream>, DriverError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| DriverError::Tls(e.to_string()))?;
-        let config = match &s.roots {
-            TlsRoots::CaFile(path) => {
-                let file = std::fs::File::open(path)
-                    .map_err(|e| DriverError::Tls(format!("{}: {e}", path.display())))?;
-                let mut store = RootCertStore::empty();
-                for cert in rustls_pemfile::certs(&mut BufReader::new(file)) {
-                    let cert = cert.map_err(|e| DriverError::Tls(e.to_string()))?;
-                    store
-                        .add(cert)
-                        .map_err(|e| DriverError::Tls(e.to_string()))?;
-                }
-                builder.with_root_certificates(store).with_no_client_auth()
-            }
-            TlsRoots::Insecure => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCert {
-                    algorithms: provider.signature_verification_algorithms,
-                }))
-                .with_no_client_auth(),
-        };
-        let name = ServerName::try_from(s.server_name.clone())
-            .map_err(|e| DriverError::Tls(format!("server name {:?}: {e}", s.server_name)))?;
-        TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| DriverError::Tls(e.to_string()))
-    }
-
-    /// INSECURE: any certificate (signatures still checked).
-    #[derive(Debug)]
-    struct AnyCert {
-        algorithms: WebPkiSupportedAlgorithms,
-    }
-
-    impl ServerCertVerifier for AnyCert {
-        fn verify_server_cert(
-            &self,
-            _e: &CertificateDer<'_>,
-            _i: &[CertificateDer<'_>],
-            _n: &ServerName<'_>,
-            _o: &[u8],
-            _t: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(m, c, d, &self.algorithms)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(m, c, d, &self.algorithms)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.algorithms.supported_schemes()
-        }
-    }
 }

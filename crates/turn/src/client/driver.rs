@@ -484,6 +484,19 @@ async fn read(reader: &mut Reader, buf: &mut [u8]) -> io::Result<Vec<Vec<u8>>> {
 }
 
 /// TLS client setup with rustls (ring provider).
+/// Open TLS over a connected `tcp` stream with `settings` (rustls with the ring provider; a
+/// CA file, or the clearly labelled insecure mode). Shared with the ICE driver's `turns:`
+/// support. Errors are messages for the user.
+pub async fn connect_tls(
+    tcp: TcpStream,
+    settings: &TlsSettings,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    tls::connect(tcp, settings).await.map_err(|e| match e {
+        tls::Error::Setup(m) => m,
+        tls::Error::Io(e) => format!("TLS handshake: {e}"),
+    })
+}
+
 mod tls {
     use std::io::BufReader;
     use std::sync::Arc;
