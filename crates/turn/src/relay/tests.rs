@@ -103,10 +103,14 @@ impl Rig {
     }
 
     fn with(config: RelayConfig, quota: Quota, pool: Pool) -> Rig {
+        Rig::build(config, quota, pool, policy())
+    }
+
+    fn build(config: RelayConfig, quota: Quota, pool: Pool, policy: PeerPolicy) -> Rig {
         let t0 = Instant::now();
         Rig {
             t0,
-            server: Server::new(shared_with(t0, config, quota, policy()), 0),
+            server: Server::new(shared_with(t0, config, quota, policy), 0),
             pool,
             out: vec![0u8; 2048],
         }
@@ -987,4 +991,59 @@ fn channel_data_raw(n: u16, data: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&(data.len() as u16).to_be_bytes());
     v.extend_from_slice(data);
     v
+}
+
+/// Append an attribute to a signed message, fixing the length: what an on-path attacker who
+/// captured a request can do without the key.
+fn append_raw(mut msg: Vec<u8>, t: u16, v: &[u8]) -> Vec<u8> {
+    msg.extend_from_slice(&t.to_be_bytes());
+    msg.extend_from_slice(&(v.len() as u16).to_be_bytes());
+    msg.extend_from_slice(v);
+    while msg.len() % 4 != 0 {
+        msg.push(0);
+    }
+    let l = (msg.len() - 20) as u16;
+    msg[2..4].copy_from_slice(&l.to_be_bytes());
+    msg
+}
+
+fn xor_peer_value(p: SocketAddr, id: &TransactionId) -> Vec<u8> {
+    let mut buf = vec![0u8; 64];
+    let mut w =
+        MessageWriter::new(&mut buf, message_type(proto::SEND, Class::Indication), id).unwrap();
+    w.address(attr::XOR_PEER_ADDRESS, p).unwrap();
+    let n = w.finish();
+    buf[24..n].to_vec()
+}
+
+#[test]
+fn attributes_appended_after_integrity_are_ignored_rfc8489_14_5() {
+    let mut rig = Rig::new();
+    let t0 = rig.t0;
+    let (mut c, _) = allocated(&mut rig, 4000, "alice", "pw-a");
+    let p = peer("198.51.100.20:7000");
+    let evil = peer("192.0.2.99:53");
+    // A captured CreatePermission for p with a second XOR-PEER-ADDRESS appended.
+    let req = c.request(proto::CREATE_PERMISSION, &|w| {
+        w.address(attr::XOR_PEER_ADDRESS, p).unwrap();
+    });
+    let id: TransactionId = req[8..20].try_into().unwrap();
+    let tampered = append_raw(req, attr::XOR_PEER_ADDRESS, &xor_peer_value(evil, &id));
+    assert_eq!(code_of(&rig.ask(t0, c.five, &tampered)), None);
+    let s = send_indication(&mut c, evil, b"x");
+    assert_eq!(rig.send(t0, c.five, &s), Output::None, "no permission for evil");
+    let s = send_indication(&mut c, p, b"x");
+    assert!(relayed(&rig.send(t0, c.five, &s), &s).is_some());
+    // A captured Refresh with LIFETIME 0 appended is a plain refresh, not a delete.
+    let req = c.request(proto::REFRESH, &|_| {});
+    let tampered = append_raw(req, attr::LIFETIME, &0u32.to_be_bytes());
+    let resp = rig.ask(t0, c.five, &tampered);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.class(), Class::Success);
+    assert_eq!(m.get(attr::LIFETIME).unwrap().value, 600u32.to_be_bytes());
+    assert_eq!(rig.server.allocations(), 1);
+    // An unknown comprehension-required attribute after the signature is ignored too.
+    let req = c.request(proto::REFRESH, &|_| {});
+    let tampered = append_raw(req, 0x0077, &[0; 4]);
+    assert_eq!(code_of(&rig.ask(t0, c.five, &tampered)), None);
 }
