@@ -456,6 +456,7 @@ impl Server {
         self.by_client.remove(&a.five);
         for r in a.relays.iter().flatten() {
             self.by_relay.remove(r);
+            self.shared.policy.live.remove(*r);
             ports.release(*r);
         }
         self.shared.quota.release(&a.username);
@@ -1019,6 +1020,7 @@ impl Server {
         self.by_client.insert(five, i);
         for r in relays.iter().flatten() {
             self.by_relay.insert(*r, i);
+            self.shared.policy.live.insert(*r);
         }
         let secs = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
         Ok((relays, secs, address_error))

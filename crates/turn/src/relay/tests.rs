@@ -106,6 +106,15 @@ impl Rig {
         Rig::build(config, quota, pool, policy())
     }
 
+    fn with_policy(policy: PeerPolicy) -> Rig {
+        Rig::build(
+            RelayConfig::default(),
+            Quota::new(0, 0),
+            Pool::new(50000..=50009, false),
+            policy,
+        )
+    }
+
     fn build(config: RelayConfig, quota: Quota, pool: Pool, policy: PeerPolicy) -> Rig {
         let t0 = Instant::now();
         Rig {
@@ -1046,4 +1055,46 @@ fn attributes_appended_after_integrity_are_ignored_rfc8489_14_5() {
     let req = c.request(proto::REFRESH, &|_| {});
     let tampered = append_raw(req, 0x0077, &[0; 4]);
     assert_eq!(code_of(&rig.ask(t0, c.five, &tampered)), None);
+}
+
+#[test]
+fn only_live_relay_addresses_are_exempt_and_deny_list_wins() {
+    let mut rig = Rig::new();
+    let t0 = rig.t0;
+    let (mut a, relay_a) = allocated(&mut rig, 4000, "alice", "pw-a");
+    let (_b, relay_b) = allocated(&mut rig, 4001, "bob", "pw-b");
+    assert_eq!(permit(&mut rig, &mut a, t0, relay_b), None, "a live relay");
+    // Another port of the relay range with no allocation behind it: the relay IP is the
+    // server's own, so no (it could be any service of the host).
+    let idle = (50000..=50009)
+        .map(|p| SocketAddr::new(relay_a.ip(), p))
+        .find(|r| *r != relay_a && *r != relay_b)
+        .unwrap();
+    assert_eq!(permit(&mut rig, &mut a, t0, idle), Some(403));
+    assert_eq!(
+        permit(&mut rig, &mut a, t0, peer("203.0.113.1:53")),
+        Some(403),
+        "own IP, other port"
+    );
+    assert_eq!(
+        permit(&mut rig, &mut a, t0, peer("203.0.113.1:3478")),
+        Some(403),
+        "service port"
+    );
+    // Once bob's allocation is gone, its relay address is just a port of the server again.
+    let mut bob = Client::new(five(4001), "bob", "pw-b");
+    bob.learn(&mut rig, t0);
+    let req = bob.request(proto::REFRESH, &|w| w.u32_attribute(attr::LIFETIME, 0).unwrap());
+    assert_eq!(code_of(&rig.ask(t0, bob.five, &req)), None);
+    assert_eq!(permit(&mut rig, &mut a, t0, relay_b), Some(403));
+    assert!(!rig.server.shared().policy.live.contains(relay_b));
+    assert!(rig.server.shared().policy.live.contains(relay_a));
+    // The deny list beats the exemption.
+    let mut p = policy();
+    p.deny.push("203.0.113.0/24".parse().unwrap());
+    let mut rig = Rig::with_policy(p);
+    let t0 = rig.t0;
+    let (mut a, _) = allocated(&mut rig, 4000, "alice", "pw-a");
+    let (_b, relay_b) = allocated(&mut rig, 4001, "bob", "pw-b");
+    assert_eq!(permit(&mut rig, &mut a, t0, relay_b), Some(403));
 }
