@@ -307,11 +307,23 @@ const UNDERSTOOD: &[u16] = &[
     attr::FINGERPRINT,
 ];
 
-/// Result of authentication: the username, its key and the integrity kind to answer with.
+/// Result of authentication: the username, its key, the integrity kind to answer with and
+/// when the credential expires (REST credentials).
 struct Authed {
     username: Box<str>,
     key: Key,
     integrity: Integrity,
+    expires: Option<Instant>,
+}
+
+impl Authed {
+    /// `lifetime` from `now`, cut so it ends when the credential does.
+    fn cap(&self, now: Instant, lifetime: Duration) -> Duration {
+        match self.expires {
+            Some(e) => lifetime.min(e.saturating_duration_since(now)),
+            None => lifetime,
+        }
+    }
 }
 
 /// An error response to write.
@@ -775,7 +787,7 @@ impl Server {
             );
         }
         let r = match method {
-            proto::REFRESH => self.refresh(now, ports, i, msg),
+            proto::REFRESH => self.refresh(now, ports, i, msg, &authed),
             proto::CREATE_PERMISSION => self.create_permission(now, i, msg),
             _ => self.channel_bind(now, i, msg),
         };
@@ -823,6 +835,12 @@ impl Server {
             self.counters.auth_failures += 1;
             return Err(AuthFailure::Unauthorized);
         };
+        // A REST credential expires for its allocation too: checked on every request, not
+        // only when the key is derived.
+        if auth.expired(now, username) {
+            self.counters.auth_failures += 1;
+            return Err(AuthFailure::Unauthorized);
+        }
         let cached = self
             .by_client
             .get(&five)
@@ -842,6 +860,7 @@ impl Server {
                 } else {
                     Integrity::Sha1
                 },
+                expires: auth.expiry(username),
             }),
             Err(_) => {
                 self.counters.auth_failures += 1;
@@ -969,6 +988,7 @@ impl Server {
             Some(_) => return Err(fail(400, "Bad Request: bad LIFETIME")),
             None => cfg.default_lifetime,
         };
+        let lifetime = authed.cap(now, lifetime);
         if !self.shared.quota.try_acquire(&authed.username) {
             return Err(fail(486, "Allocation Quota Reached"));
         }
@@ -1072,6 +1092,7 @@ impl Server {
         ports: &mut P,
         i: usize,
         msg: &Message<'_>,
+        authed: &Authed,
     ) -> Result<Option<u32>, Failure> {
         let cfg = &self.shared.config;
         let asked = match msg.get(attr::LIFETIME).map(|a| a.value) {
@@ -1087,6 +1108,7 @@ impl Server {
         let lifetime = asked
             .map_or(cfg.default_lifetime, |s| Duration::from_secs(u64::from(s)))
             .min(cfg.max_lifetime);
+        let lifetime = authed.cap(now, lifetime);
         let Some(a) = self.slots.get_mut(i).and_then(Option::as_mut) else {
             return Err(fail(437, "Allocation Mismatch"));
         };

@@ -1098,3 +1098,46 @@ fn only_live_relay_addresses_are_exempt_and_deny_list_wins() {
     let (_b, relay_b) = allocated(&mut rig, 4001, "bob", "pw-b");
     assert_eq!(permit(&mut rig, &mut a, t0, relay_b), Some(403));
 }
+
+#[test]
+fn rest_credentials_expire_for_existing_allocations_too() {
+    let mut rig = Rig::new();
+    let t0 = rig.t0;
+    // Valid for 100 s from t0 (unix_at_epoch is 1_700_000_000).
+    let user = "1700000100:carol";
+    let pw = auth::rest_password(b"s3cret", user);
+    let (mut c, _) = allocated(&mut rig, 4000, user, &pw);
+    // Granted lifetimes end with the credential: 100 s, not 600 s or 3600 s.
+    let refresh = |rig: &mut Rig, c: &mut Client, now: Instant| {
+        let req = c.request(proto::REFRESH, &|w| {
+            w.u32_attribute(attr::LIFETIME, 3600).unwrap()
+        });
+        rig.ask(now, c.five, &req)
+    };
+    let resp = refresh(&mut rig, &mut c, at(t0, 40));
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.class(), Class::Success);
+    assert_eq!(m.get(attr::LIFETIME).unwrap().value, 60u32.to_be_bytes());
+    let p = peer("198.51.100.20:7000");
+    assert_eq!(permit(&mut rig, &mut c, at(t0, 99), p), None);
+    // Expired: 401 on every request, even with the key the allocation holds.
+    assert_eq!(code_of(&refresh(&mut rig, &mut c, at(t0, 100))), Some(401));
+    assert_eq!(permit(&mut rig, &mut c, at(t0, 150), p), Some(401));
+    assert_eq!(
+        bind(&mut rig, &mut c, at(t0, 150), 0x4000, p),
+        Some(401)
+    );
+    // And the allocation dies with it.
+    rig.tick(at(t0, 101));
+    assert_eq!(rig.server.allocations(), 0);
+    assert_eq!(rig.server.shared().quota.live(), 0);
+    // A first Allocate is capped too.
+    let user = "1700000030:dave";
+    let pw = auth::rest_password(b"s3cret", user);
+    let mut c = Client::new(five(4001), user, &pw);
+    c.learn(&mut rig, t0);
+    let req = c.request(proto::ALLOCATE, &udp);
+    let m_bytes = rig.ask(t0, c.five, &req);
+    let m = Message::parse(&m_bytes).unwrap();
+    assert_eq!(m.get(attr::LIFETIME).unwrap().value, 30u32.to_be_bytes());
+}
