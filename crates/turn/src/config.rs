@@ -41,8 +41,8 @@ use crate::server::{ServerConfig, TlsConfig, TurnConfig, check_announceable};
 /// allow_peers = ["198.51.100.0/24"] # CIDR; checked before deny_peers and the defaults
 /// deny_peers = ["203.0.113.0/24"]
 /// deny_private_peers = true         # loopback, RFC 1918, 100.64/10, link-local, ULA...
-/// user_quota = 10                   # allocations per user (0 = no limit)
-/// total_quota = 10000
+/// user_quota = 10                   # allocations per user (0 = no limit; default 10)
+/// total_quota = 10000               # allocations in all (0 = no limit; default 10000)
 /// max_lifetime_s = 3600
 /// max_permissions = 64              # per allocation
 /// max_channels = 64                 # per allocation
@@ -233,10 +233,11 @@ pub struct Flags {
     /// peers by default. turnd's own service addresses stay denied.
     #[arg(long, help_heading = "TURN")]
     pub allow_private_peers: bool,
-    /// Allocations per user (0 = no limit; default 0).
+    /// Allocations per user (0 = no limit; default 10). A REST credential `expiry:user`
+    /// counts for `user`, whatever its expiry.
     #[arg(long, value_name = "N", help_heading = "TURN")]
     pub user_quota: Option<usize>,
-    /// Allocations in total (0 = no limit; default 0).
+    /// Allocations in total (0 = no limit; default 10000).
     #[arg(long, value_name = "N", help_heading = "TURN")]
     pub total_quota: Option<usize>,
     /// Longest allocation lifetime in seconds (default 3600).
@@ -625,6 +626,22 @@ mod tests {
         assert_eq!(t.relay.max_channels, 0x1000, "capped");
         assert_eq!(t.relay.bandwidth, Some(1000));
         assert_eq!(cfg.metrics, Some("127.0.0.1:9641".parse().unwrap()));
+    }
+
+    #[test]
+    fn quotas_are_on_by_default() {
+        let file: FileConfig =
+            toml::from_str("listen = \"192.0.2.1:3478\"\nusers = [\"a:b\"]").unwrap();
+        let t = merge(&Flags::default(), file).unwrap().0.turn.unwrap();
+        assert_eq!((t.user_quota, t.total_quota), (10, 10_000));
+        let flags = Flags {
+            user_quota: Some(0),
+            ..Default::default()
+        };
+        let file: FileConfig =
+            toml::from_str("listen = \"192.0.2.1:3478\"\nusers = [\"a:b\"]").unwrap();
+        let t = merge(&flags, file).unwrap().0.turn.unwrap();
+        assert_eq!((t.user_quota, t.total_quota), (0, 10_000), "0 lifts it");
     }
 
     #[test]

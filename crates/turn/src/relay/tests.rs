@@ -1141,3 +1141,26 @@ fn rest_credentials_expire_for_existing_allocations_too() {
     let m = Message::parse(&m_bytes).unwrap();
     assert_eq!(m.get(attr::LIFETIME).unwrap().value, 30u32.to_be_bytes());
 }
+
+#[test]
+fn per_user_quota_counts_rest_credentials_of_one_user_together() {
+    let mut rig = Rig::with(
+        RelayConfig::default(),
+        Quota::new(1, 0),
+        Pool::new(50000..=50009, false),
+    );
+    let t0 = rig.t0;
+    let pw = |u: &str| auth::rest_password(b"s3cret", u);
+    allocated(&mut rig, 4000, "1700000100:carol", &pw("1700000100:carol"));
+    for (i, u) in ["1700000101:carol", "1700000102:carol"].iter().enumerate() {
+        let mut c = Client::new(five(4001 + i as u16), u, &pw(u));
+        c.learn(&mut rig, t0);
+        let req = c.request(proto::ALLOCATE, &udp);
+        assert_eq!(code_of(&rig.ask(t0, c.five, &req)), Some(486), "{u}");
+    }
+    allocated(&mut rig, 4010, "1700000100:dave", &pw("1700000100:dave"));
+    assert_eq!(rig.server.allocations(), 2);
+    rig.close();
+    assert_eq!(rig.server.shared().quota.live(), 0);
+    assert_eq!(rig.server.shared().quota.users(), 0);
+}
