@@ -21,6 +21,11 @@ use stun::credentials::{Key, PasswordAlgorithm};
 pub const NONCE_PREFIX: &str = "obMatJos2AAAA";
 const NONCE_LEN: usize = NONCE_PREFIX.len() + 8 + 16;
 
+/// USERNAME must be shorter than this (RFC 8489 §14.3: "less than 513 bytes").
+pub const MAX_USERNAME: usize = 513;
+/// REALM and NONCE must be shorter than this (RFC 8489 §14.9, §14.10: "less than 763 bytes").
+pub const MAX_REALM_NONCE: usize = 763;
+
 /// Default nonce lifetime.
 pub const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(600);
 
@@ -62,6 +67,9 @@ pub enum AuthFailure {
     Challenge,
     /// 400: integrity without USERNAME, REALM or NONCE.
     BadRequest,
+    /// 400: USERNAME of [`MAX_USERNAME`] bytes or more, REALM or NONCE of [`MAX_REALM_NONCE`]
+    /// or more (RFC 8489 §14.3, §14.9, §14.10), refused before any cryptography.
+    TooLong,
     /// 438: the nonce expired, was forged, or was issued to another client address.
     StaleNonce,
     /// 401: unknown user, expired REST credential or wrong integrity.
@@ -73,7 +81,7 @@ impl AuthFailure {
     pub const fn code(self) -> u16 {
         match self {
             AuthFailure::Challenge | AuthFailure::Unauthorized => 401,
-            AuthFailure::BadRequest => 400,
+            AuthFailure::BadRequest | AuthFailure::TooLong => 400,
             AuthFailure::StaleNonce => 438,
         }
     }

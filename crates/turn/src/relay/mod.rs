@@ -816,6 +816,14 @@ impl Server {
         msg: &Message<'_>,
     ) -> Result<Authed, auth::AuthFailure> {
         use auth::AuthFailure;
+        // RFC 8489 length limits, before anything hashes these values.
+        let too_long = |t: u16, max: usize| msg.get(t).is_some_and(|a| a.value.len() >= max);
+        if too_long(attr::USERNAME, auth::MAX_USERNAME)
+            || too_long(attr::REALM, auth::MAX_REALM_NONCE)
+            || too_long(attr::NONCE, auth::MAX_REALM_NONCE)
+        {
+            return Err(AuthFailure::TooLong);
+        }
         let sha256 = msg.get(attr::MESSAGE_INTEGRITY_SHA256).is_some();
         if !sha256 && msg.get(attr::MESSAGE_INTEGRITY).is_none() {
             return Err(AuthFailure::Challenge);
@@ -1246,6 +1254,7 @@ impl Server {
         let code = why.code();
         let reason = match why {
             auth::AuthFailure::BadRequest => "Bad Request: missing USERNAME, REALM or NONCE",
+            auth::AuthFailure::TooLong => "Bad Request: USERNAME, REALM or NONCE too long",
             auth::AuthFailure::StaleNonce => "Stale Nonce",
             _ => "Unauthorized",
         };

@@ -1164,3 +1164,49 @@ fn per_user_quota_counts_rest_credentials_of_one_user_together() {
     assert_eq!(rig.server.shared().quota.live(), 0);
     assert_eq!(rig.server.shared().quota.users(), 0);
 }
+
+#[test]
+fn oversized_username_realm_nonce_get_400_before_any_cryptography() {
+    let mut rig = Rig::new();
+    let t0 = rig.t0;
+    let mut c = Client::new(five(4000), "x", "y");
+    c.learn(&mut rig, t0);
+    let nonce = c.challenge.as_ref().unwrap().nonce.clone();
+    let req = |user: &[u8], realm: &[u8], nonce: &[u8]| {
+        let mut buf = vec![0u8; 8192];
+        let mut w = MessageWriter::new(
+            &mut buf,
+            message_type(proto::ALLOCATE, Class::Request),
+            &[3; 12],
+        )
+        .unwrap();
+        udp(&mut w);
+        w.attribute(attr::USERNAME, user).unwrap();
+        w.attribute(attr::REALM, realm).unwrap();
+        w.attribute(attr::NONCE, nonce).unwrap();
+        w.attribute(attr::MESSAGE_INTEGRITY, &[0u8; 20]).unwrap();
+        let n = w.finish();
+        buf.truncate(n);
+        buf
+    };
+    let long_user = format!("9999999999:{}", "a".repeat(502));
+    assert_eq!(long_user.len(), 513);
+    let ok_user = &long_user[..512];
+    let realm = REALM.as_bytes();
+    let n = nonce.as_bytes();
+    let cases: [(&[u8], &[u8], &[u8], u16); 6] = [
+        (long_user.as_bytes(), realm, n, 400),
+        (ok_user.as_bytes(), realm, n, 401),
+        (b"alice", &[b'r'; 763], n, 400),
+        (b"alice", &[b'r'; 762], n, 401),
+        (b"alice", realm, &[b'n'; 763], 400),
+        (b"alice", realm, &[b'n'; 762], 438),
+    ];
+    for (i, (u, r, nn, want)) in cases.iter().enumerate() {
+        let resp = rig.ask(t0, c.five, &req(u, r, nn));
+        assert_eq!(code_of(&resp), Some(*want), "case {i}");
+    }
+    // The 400s are not authentication failures: nothing was hashed or looked up for them.
+    assert_eq!(rig.server.counters().auth_failures, 2);
+    assert_eq!(rig.server.table_sizes(), (0, 0, 0));
+}
