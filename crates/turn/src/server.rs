@@ -549,7 +549,9 @@ pub fn spawn(mut config: ServerConfig) -> io::Result<RunningServer> {
                 turn: t,
                 responder: responder.clone(),
                 stats: stats.clone(),
+                limiter: limiter.clone(),
                 idle: config.tcp_idle_timeout,
+                frame: config.tcp_frame_timeout,
             }),
             instances: instances.clone(),
         };
