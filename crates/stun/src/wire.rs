@@ -809,7 +809,8 @@ mod tests {
         assert!(msg.get(attr::FINGERPRINT).is_some());
         // SHA256 alone: only FINGERPRINT may follow it.
         let mut w = MessageWriter::new(&mut buf, 0x0003, &id).unwrap();
-        w.attribute(attr::MESSAGE_INTEGRITY_SHA256, &[0; 32]).unwrap();
+        w.attribute(attr::MESSAGE_INTEGRITY_SHA256, &[0; 32])
+            .unwrap();
         let n = w.finish();
         let mut m = buf[..n].to_vec();
         append(&mut m, attr::MESSAGE_INTEGRITY, &[0; 20]);

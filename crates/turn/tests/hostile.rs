@@ -1540,8 +1540,12 @@ fn turn_tcp_trickled_frame_is_cut_off_at_the_frame_deadline() {
     // An Allocate-sized frame: what a TURN client sends first.
     let frame = fingerprinted(&[(attr::SOFTWARE, b"a frame long enough to trickle slowly")]);
     let mut slow = tcp_client(addr);
-    let closed_after = trickle(&mut slow, &frame[..frame.len() - 1], Duration::from_millis(200))
-        .expect("the trickling TURN connection was never closed");
+    let closed_after = trickle(
+        &mut slow,
+        &frame[..frame.len() - 1],
+        Duration::from_millis(200),
+    )
+    .expect("the trickling TURN connection was never closed");
     assert!(
         closed_after >= Duration::from_millis(900),
         "closed too early: {closed_after:?}"
@@ -1553,7 +1557,11 @@ fn turn_tcp_trickled_frame_is_cut_off_at_the_frame_deadline() {
     // A well-behaved client is still served, Binding and TURN alike.
     let mut ok = tcp_client(addr);
     ok.write_all(&frame).unwrap();
-    assert!(BindingResponse::parse(&read_frame(&mut ok)).unwrap().success);
+    assert!(
+        BindingResponse::parse(&read_frame(&mut ok))
+            .unwrap()
+            .success
+    );
     let allocate = raw(message_type(0x003, Class::Request), &[]);
     ok.write_all(&allocate).unwrap();
     let m = read_frame(&mut ok);
@@ -1579,13 +1587,21 @@ fn turn_tcp_idle_clock_is_not_reset_by_partial_bytes() {
         let mut id = [0u8; 12];
         id[0] = i;
         busy.write_all(&binding(id)).unwrap();
-        assert!(BindingResponse::parse(&read_frame(&mut busy)).unwrap().success);
+        assert!(
+            BindingResponse::parse(&read_frame(&mut busy))
+                .unwrap()
+                .success
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     // A byte every 200 ms of a frame that never completes: closed at the idle timeout.
     let mut slow = tcp_client(addr);
-    let closed_after = trickle(&mut slow, &frame[..frame.len() - 1], Duration::from_millis(200))
-        .expect("the trickling TURN connection was never closed");
+    let closed_after = trickle(
+        &mut slow,
+        &frame[..frame.len() - 1],
+        Duration::from_millis(200),
+    )
+    .expect("the trickling TURN connection was never closed");
     assert!(
         (Duration::from_millis(900)..Duration::from_secs(10)).contains(&closed_after),
         "{closed_after:?}"
@@ -1632,7 +1648,12 @@ fn turn_tcp_frames_are_rate_limited() {
         (8..=15).contains(&answers),
         "{answers} answers to 100 Allocates with --rate-limit 10 --rate-burst 10"
     );
-    let c = settle(server.stats(), "the limiter counted", |c| c.rate_limited >= 1);
-    assert_eq!(c.rate_limited, 1, "one refusal closes the connection: {c:?}");
+    let c = settle(server.stats(), "the limiter counted", |c| {
+        c.rate_limited >= 1
+    });
+    assert_eq!(
+        c.rate_limited, 1,
+        "one refusal closes the connection: {c:?}"
+    );
     server.shutdown();
 }

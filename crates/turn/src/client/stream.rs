@@ -116,7 +116,11 @@ mod tests {
         let mut big = vec![0u8; 4];
         big[2..4].copy_from_slice(&0xFFFCu16.to_be_bytes());
         d.push(&big);
-        assert_eq!(d.next_frame(), Ok(None), "within the bound, waiting for bytes");
+        assert_eq!(
+            d.next_frame(),
+            Ok(None),
+            "within the bound, waiting for bytes"
+        );
     }
 
     #[test]

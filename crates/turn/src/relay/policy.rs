@@ -412,7 +412,10 @@ mod tests {
         ] {
             assert_eq!(p.check(sa(peer)), Err(Refusal::OwnAddress), "{peer}");
         }
-        assert_eq!(p.check(sa("198.51.100.6:9641")), Err(Refusal::ServiceAddress));
+        assert_eq!(
+            p.check(sa("198.51.100.6:9641")),
+            Err(Refusal::ServiceAddress)
+        );
         assert_eq!(p.check(sa("198.51.100.7:53")), Ok(()), "a neighbour");
         // An explicit allow list entry opens them (loopback tests and benchmarks).
         p.allow.push("198.51.100.5/32".parse().unwrap());

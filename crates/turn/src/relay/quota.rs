@@ -76,9 +76,7 @@ impl Quota {
 /// (digits, a colon, the rest), else the whole name.
 pub fn quota_user(username: &str) -> &str {
     match username.split_once(':') {
-        Some((stamp, user))
-            if !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit()) =>
-        {
+        Some((stamp, user)) if !stamp.is_empty() && stamp.bytes().all(|b| b.is_ascii_digit()) => {
             user
         }
         _ => username,
@@ -115,7 +113,10 @@ mod tests {
         let q = Quota::new(2, 0);
         assert!(q.try_acquire("1700000100:carol"));
         assert!(q.try_acquire("1700000101:carol"));
-        assert!(!q.try_acquire("1700000102:carol"), "a new credential, same user");
+        assert!(
+            !q.try_acquire("1700000102:carol"),
+            "a new credential, same user"
+        );
         assert!(!q.try_acquire("carol"));
         assert!(q.try_acquire("1700000102:dave"));
         q.release("1700000100:carol");

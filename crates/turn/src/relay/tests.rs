@@ -1040,7 +1040,11 @@ fn attributes_appended_after_integrity_are_ignored_rfc8489_14_5() {
     let tampered = append_raw(req, attr::XOR_PEER_ADDRESS, &xor_peer_value(evil, &id));
     assert_eq!(code_of(&rig.ask(t0, c.five, &tampered)), None);
     let s = send_indication(&mut c, evil, b"x");
-    assert_eq!(rig.send(t0, c.five, &s), Output::None, "no permission for evil");
+    assert_eq!(
+        rig.send(t0, c.five, &s),
+        Output::None,
+        "no permission for evil"
+    );
     let s = send_indication(&mut c, p, b"x");
     assert!(relayed(&rig.send(t0, c.five, &s), &s).is_some());
     // A captured Refresh with LIFETIME 0 appended is a plain refresh, not a delete.
@@ -1084,7 +1088,9 @@ fn only_live_relay_addresses_are_exempt_and_deny_list_wins() {
     // Once bob's allocation is gone, its relay address is just a port of the server again.
     let mut bob = Client::new(five(4001), "bob", "pw-b");
     bob.learn(&mut rig, t0);
-    let req = bob.request(proto::REFRESH, &|w| w.u32_attribute(attr::LIFETIME, 0).unwrap());
+    let req = bob.request(proto::REFRESH, &|w| {
+        w.u32_attribute(attr::LIFETIME, 0).unwrap()
+    });
     assert_eq!(code_of(&rig.ask(t0, bob.five, &req)), None);
     assert_eq!(permit(&mut rig, &mut a, t0, relay_b), Some(403));
     assert!(!rig.server.shared().policy.live.contains(relay_b));
@@ -1123,10 +1129,7 @@ fn rest_credentials_expire_for_existing_allocations_too() {
     // Expired: 401 on every request, even with the key the allocation holds.
     assert_eq!(code_of(&refresh(&mut rig, &mut c, at(t0, 100))), Some(401));
     assert_eq!(permit(&mut rig, &mut c, at(t0, 150), p), Some(401));
-    assert_eq!(
-        bind(&mut rig, &mut c, at(t0, 150), 0x4000, p),
-        Some(401)
-    );
+    assert_eq!(bind(&mut rig, &mut c, at(t0, 150), 0x4000, p), Some(401));
     // And the allocation dies with it.
     rig.tick(at(t0, 101));
     assert_eq!(rig.server.allocations(), 0);
