@@ -19,7 +19,8 @@ use stun::credentials::{Key, PasswordAlgorithm};
 
 /// The RFC 8489 §9.2 nonce cookie followed by 24 zero feature bits in base64.
 pub const NONCE_PREFIX: &str = "obMatJos2AAAA";
-const NONCE_LEN: usize = NONCE_PREFIX.len() + 8 + 16;
+/// Length of every nonce this server issues.
+pub const NONCE_LEN: usize = NONCE_PREFIX.len() + 8 + 16;
 
 /// USERNAME must be shorter than this (RFC 8489 §14.3: "less than 513 bytes").
 pub const MAX_USERNAME: usize = 513;

@@ -175,6 +175,19 @@ pub struct Shared {
     pub quota: Quota,
 }
 
+/// Largest ratio of an unauthenticated UDP answer to its request, both counted on the wire
+/// with IP and UDP headers: the Binding responder's default bound, kept by every TURN error
+/// answer to a source without credentials (401, 438, 400, 420).
+pub const AMPLIFICATION: usize = 3;
+
+/// IP + UDP header bytes of a datagram to or from `addr`.
+const fn wire_overhead(addr: &SocketAddr) -> usize {
+    match addr {
+        SocketAddr::V4(_) => 20 + 8,
+        SocketAddr::V6(_) => 40 + 8,
+    }
+}
+
 /// How often expired state is swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -727,12 +740,16 @@ impl Server {
         }
         if n_unknown > 0 {
             let types = &unknown[..n_unknown];
+            let extra = MessageWriter::attribute_size(2 * types.len());
+            let Some(reason) = self.bounded_reason(msg, five, "Unknown Attribute", extra) else {
+                return Output::None;
+            };
             return self.write(
                 out,
                 msg,
                 None,
                 |w| {
-                    w.error_code(420, "Unknown Attribute")?;
+                    w.error_code(420, reason)?;
                     w.unknown_attributes(types)
                 },
                 Some(420),
@@ -1274,6 +1291,19 @@ impl Server {
         let mut nonce_buf = [0u8; 64];
         // Unauthenticated errors carry a fresh nonce and the realm so the client can retry.
         let challenge = authed.is_none() && matches!(f.code, 401 | 438);
+        let mut reason = f.reason;
+        if authed.is_none() {
+            let extra = if challenge {
+                MessageWriter::attribute_size(shared.auth.realm().len())
+                    + MessageWriter::attribute_size(auth::NONCE_LEN)
+            } else {
+                0
+            };
+            match self.bounded_reason(msg, five, f.reason, extra) {
+                Some(r) => reason = r,
+                None => return Output::None,
+            }
+        }
         let nonce = if challenge {
             shared.auth.nonce(now, five.client, &mut nonce_buf)
         } else {
@@ -1284,7 +1314,7 @@ impl Server {
             msg,
             authed,
             |w| {
-                w.error_code(f.code, f.reason)?;
+                w.error_code(f.code, reason)?;
                 if challenge {
                     w.attribute(attr::REALM, shared.auth.realm().as_bytes())?;
                     w.attribute(attr::NONCE, nonce.as_bytes())?;
@@ -1293,6 +1323,44 @@ impl Server {
             },
             Some(f.code),
         )
+    }
+
+    /// The reason phrase an unauthenticated UDP error answer to `msg` can carry within the
+    /// amplification bound: `reason`, or "" when that is too long, or `None` (drop the
+    /// answer, counted) when even the bare answer is too large. `extra` is what the answer
+    /// carries besides the header, ERROR-CODE and FINGERPRINT.
+    fn bounded_reason(
+        &mut self,
+        msg: &Message<'_>,
+        five: FiveTuple,
+        reason: &'static str,
+        extra: usize,
+    ) -> Option<&'static str> {
+        if five.transport != Transport::Udp {
+            return Some(reason);
+        }
+        let overhead = wire_overhead(&five.client);
+        let limit = AMPLIFICATION * (msg.as_bytes().len() + overhead);
+        let fingerprint = if msg.get(attr::FINGERPRINT).is_some() {
+            MessageWriter::attribute_size(4)
+        } else {
+            0
+        };
+        let size = |r: &str| {
+            overhead
+                + wire::HEADER_LEN
+                + MessageWriter::attribute_size(4 + r.len().min(128))
+                + extra
+                + fingerprint
+        };
+        if size(reason) <= limit {
+            Some(reason)
+        } else if size("") <= limit {
+            Some("")
+        } else {
+            self.counters.drop(DropReason::Other);
+            None
+        }
     }
 
     /// Write a response: success when `error` is `None`. Integrity when authenticated;

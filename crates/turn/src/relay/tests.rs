@@ -1213,3 +1213,166 @@ fn oversized_username_realm_nonce_get_400_before_any_cryptography() {
     assert_eq!(rig.server.counters().auth_failures, 2);
     assert_eq!(rig.server.table_sizes(), (0, 0, 0));
 }
+
+/// Minimal requests that reach every unauthenticated error path: (what, bytes, code).
+fn minimal_error_requests() -> Vec<(&'static str, Vec<u8>, u16)> {
+    let bare = |method: u16, attrs: &[(u16, &[u8])], fingerprint: bool| {
+        let mut buf = vec![0u8; 2048];
+        let mut w =
+            MessageWriter::new(&mut buf, message_type(method, Class::Request), &[7; 12]).unwrap();
+        for (t, v) in attrs {
+            w.attribute(*t, v).unwrap();
+        }
+        if fingerprint {
+            w.fingerprint().unwrap();
+        }
+        let n = w.finish();
+        buf.truncate(n);
+        buf
+    };
+    let mi: (u16, &[u8]) = (attr::MESSAGE_INTEGRITY, &[0; 20]);
+    let long_user = [b'u'; 513];
+    vec![
+        ("bare Allocate", bare(proto::ALLOCATE, &[], false), 401),
+        (
+            "bare Allocate + FINGERPRINT",
+            bare(proto::ALLOCATE, &[], true),
+            401,
+        ),
+        ("bare Refresh", bare(proto::REFRESH, &[], false), 401),
+        (
+            "bare CreatePermission",
+            bare(proto::CREATE_PERMISSION, &[], false),
+            401,
+        ),
+        (
+            "bare ChannelBind",
+            bare(proto::CHANNEL_BIND, &[], false),
+            401,
+        ),
+        ("unknown method", bare(0x00F, &[], false), 400),
+        (
+            "unknown attribute",
+            bare(proto::ALLOCATE, &[(0x0077, &[])], false),
+            420,
+        ),
+        (
+            "eight unknown attributes",
+            bare(
+                proto::ALLOCATE,
+                &[
+                    (0x0070, &[]),
+                    (0x0071, &[]),
+                    (0x0072, &[]),
+                    (0x0073, &[]),
+                    (0x0074, &[]),
+                    (0x0075, &[]),
+                    (0x0076, &[]),
+                    (0x0077, &[]),
+                ],
+                false,
+            ),
+            420,
+        ),
+        ("integrity only", bare(proto::ALLOCATE, &[mi], false), 400),
+        (
+            "forged nonce",
+            bare(
+                proto::ALLOCATE,
+                &[
+                    (attr::USERNAME, &[]),
+                    (attr::REALM, &[]),
+                    (attr::NONCE, &[]),
+                    mi,
+                ],
+                false,
+            ),
+            438,
+        ),
+        (
+            "long username",
+            bare(proto::ALLOCATE, &[(attr::USERNAME, &long_user), mi], false),
+            400,
+        ),
+    ]
+}
+
+fn rig_with_realm(realm: &str) -> Rig {
+    let t0 = Instant::now();
+    let auth = Authenticator::new(AuthConfig {
+        realm: realm.into(),
+        users: vec![("alice".into(), "pw-a".into())],
+        rest_secret: None,
+        nonce_key: [9; 32],
+        nonce_lifetime: Duration::from_secs(600),
+        epoch: t0,
+        unix_at_epoch: 1_700_000_000,
+    })
+    .unwrap();
+    let shared = Arc::new(Shared {
+        config: RelayConfig::default(),
+        auth,
+        policy: policy(),
+        quota: Quota::new(0, 0),
+    });
+    Rig {
+        t0,
+        server: Server::new(shared, 0),
+        pool: Pool::new(50000..=50009, false),
+        out: vec![0u8; 2048],
+    }
+}
+
+#[test]
+fn unauthenticated_answers_keep_the_3x_amplification_bound_on_the_wire() {
+    let clients = [
+        SocketAddr::new("198.51.100.7".parse().unwrap(), 4000),
+        SocketAddr::new("2001:db8:1::7".parse().unwrap(), 4000),
+    ];
+    let long_realm = "r".repeat(200);
+    for realm in [REALM, "a-realm-of-28-characters-xyz", long_realm.as_str()] {
+        let mut rig = rig_with_realm(realm);
+        let t0 = rig.t0;
+        for client in clients {
+            let five = FiveTuple {
+                client,
+                server: "203.0.113.1:3478".parse().unwrap(),
+                transport: Transport::Udp,
+            };
+            let overhead = if client.is_ipv4() { 28 } else { 48 };
+            for (what, req, code) in minimal_error_requests() {
+                let answer = match rig.send(t0, five, &req) {
+                    Output::Client { len } => Some(rig.out[..len].to_vec()),
+                    Output::None => None,
+                    other => panic!("{what}: {other:?}"),
+                };
+                if let Some(a) = &answer {
+                    assert!(
+                        a.len() + overhead <= 3 * (req.len() + overhead),
+                        "{what} from {client} with realm of {} bytes: {} -> {} bytes",
+                        realm.len(),
+                        req.len(),
+                        a.len()
+                    );
+                    assert_eq!(code_of(a), Some(code), "{what}");
+                }
+                // With a realm of ordinary length every path answers (a client can retry);
+                // only an oversized realm makes the bare requests' challenges go unanswered.
+                if realm.len() <= 28 {
+                    assert!(answer.is_some(), "{what} from {client}: no answer");
+                }
+            }
+        }
+        assert_eq!(rig.server.table_sizes(), (0, 0, 0));
+    }
+    // Over TCP the bound does not apply (the handshake proved the address): full answers.
+    let mut rig = rig_with_realm(&long_realm);
+    let five = FiveTuple {
+        transport: Transport::Tcp,
+        ..five(4000)
+    };
+    let (_, req, _) = &minimal_error_requests()[0];
+    let t0 = rig.t0;
+    let a = rig.ask(t0, five, req);
+    assert!(Challenge::from_message(&Message::parse(&a).unwrap()).is_some());
+}
