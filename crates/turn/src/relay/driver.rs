@@ -658,3 +658,21 @@ where
     core.counters().publish(&ctx.turn.metrics);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_framing_follows_rfc5766_channels() {
+        // 0x5000: ChannelData with RFC 5766 numbers, a framing error without them (a stream
+        // cannot be re-synchronised, so the connection is closed).
+        let cd = [0x50, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5];
+        assert_eq!(stream_frame_len(&cd, true), Ok(Some(12)));
+        assert!(stream_frame_len(&cd, false).is_err());
+        let cd = [0x40, 0x00, 0x00, 0x05];
+        assert_eq!(stream_frame_len(&cd, false), Ok(Some(12)));
+        assert_eq!(stream_frame_len(&[0x7F], true), Ok(None));
+        assert!(stream_frame_len(&[0x7F], false).is_err());
+    }
+}

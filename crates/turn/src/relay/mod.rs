@@ -315,7 +315,10 @@ const UNDERSTOOD: &[u16] = &[
     attr::REQUESTED_ADDRESS_FAMILY,
     attr::EVEN_PORT,
     attr::REQUESTED_TRANSPORT,
-    attr::DONT_FRAGMENT,
+    // Not DONT-FRAGMENT: relay sockets are shared by every peer of an allocation and the
+    // driver cannot set DF per datagram, so it is unsupported and, as RFC 8656 §7.2 says,
+    // treated as an unknown comprehension-required attribute (420; Send indications with it
+    // are discarded, §11.2).
     attr::RESERVATION_TOKEN,
     attr::FINGERPRINT,
 ];
@@ -631,6 +634,11 @@ impl Server {
             self.counters.drop(DropReason::Malformed);
             return Output::None;
         };
+        if msg.get(attr::DONT_FRAGMENT).is_some() {
+            // Unsupported (see UNDERSTOOD): the datagram cannot be sent with DF set.
+            self.counters.drop(DropReason::Other);
+            return Output::None;
+        }
         if !a.permitted(now, peer.ip()) {
             self.counters.drop(DropReason::NoPermission);
             return Output::None;
@@ -1004,11 +1012,7 @@ impl Server {
         let lifetime = match msg.get(attr::LIFETIME).map(|a| a.value) {
             Some(&[a, b, c, d]) => {
                 let asked = Duration::from_secs(u64::from(u32::from_be_bytes([a, b, c, d])));
-                if asked.is_zero() {
-                    cfg.default_lifetime
-                } else {
-                    asked.min(cfg.max_lifetime)
-                }
+                grant_lifetime(cfg, asked)
             }
             Some(_) => return Err(fail(400, "Bad Request: bad LIFETIME")),
             None => cfg.default_lifetime,
@@ -1125,14 +1129,29 @@ impl Server {
             Some(_) => return Err(fail(400, "Bad Request: bad LIFETIME")),
             None => None,
         };
+        // §8.2: a REQUESTED-ADDRESS-FAMILY the allocation has no relay of is a mismatch
+        // (checked before LIFETIME 0 deletes anything).
+        if let Some(f) = msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            let v4 = match f.value {
+                [proto::FAMILY_IPV4, 0, 0, 0] => true,
+                [proto::FAMILY_IPV6, 0, 0, 0] => false,
+                _ => return Err(fail(400, "Bad Request: bad REQUESTED-ADDRESS-FAMILY")),
+            };
+            let Some(a) = self.slots.get(i).and_then(Option::as_ref) else {
+                return Err(fail(437, "Allocation Mismatch"));
+            };
+            if !a.relays.iter().flatten().any(|r| r.is_ipv4() == v4) {
+                return Err(fail(443, "Peer Address Family Mismatch"));
+            }
+        }
         if asked == Some(0) {
             self.counters.allocations_deleted += 1;
             self.remove(i, ports);
             return Ok(Some(0));
         }
-        let lifetime = asked
-            .map_or(cfg.default_lifetime, |s| Duration::from_secs(u64::from(s)))
-            .min(cfg.max_lifetime);
+        let lifetime = asked.map_or(cfg.default_lifetime, |s| {
+            grant_lifetime(cfg, Duration::from_secs(u64::from(s)))
+        });
         let lifetime = authed.cap(now, lifetime);
         let Some(a) = self.slots.get_mut(i).and_then(Option::as_mut) else {
             return Err(fail(437, "Allocation Mismatch"));
@@ -1407,6 +1426,14 @@ impl Server {
             }
         }
     }
+}
+
+/// The lifetime granted for a non-zero request (RFC 8656 §7.2, §8.2): the requested one capped
+/// at the maximum, but never less than the default.
+fn grant_lifetime(cfg: &RelayConfig, asked: Duration) -> Duration {
+    asked
+        .min(cfg.max_lifetime)
+        .max(cfg.default_lifetime.min(cfg.max_lifetime))
 }
 
 /// [`ChannelData::parse`] with channel numbers up to `max`.

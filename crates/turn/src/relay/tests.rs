@@ -325,10 +325,20 @@ fn allocate_nonce_dance_and_no_state_before_authentication() {
         "a challenge is not a failure"
     );
     c.challenge = Some(ch);
+    // DONT-FRAGMENT is not supported (the relay cannot set DF per datagram): 420 (§7.2).
     let req = c.request(proto::ALLOCATE, &|w| {
         udp(w);
         w.attribute(attr::DONT_FRAGMENT, &[]).unwrap();
     });
+    let resp = rig.ask(t0, c.five, &req);
+    assert_eq!(code_of(&resp), Some(420));
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(
+        m.get(attr::UNKNOWN_ATTRIBUTES).unwrap().value,
+        attr::DONT_FRAGMENT.to_be_bytes()
+    );
+    assert_eq!(rig.server.table_sizes(), (0, 0, 0));
+    let req = c.request(proto::ALLOCATE, &udp);
     let resp = rig.ask(t0, c.five, &req);
     let m = Message::parse(&resp).unwrap();
     assert_eq!(m.class(), Class::Success);
@@ -1375,4 +1385,65 @@ fn unauthenticated_answers_keep_the_3x_amplification_bound_on_the_wire() {
     let t0 = rig.t0;
     let a = rig.ask(t0, five, req);
     assert!(Challenge::from_message(&Message::parse(&a).unwrap()).is_some());
+}
+
+#[test]
+fn rfc8656_lifetime_floor_refresh_family_and_dont_fragment_on_send() {
+    let mut rig = Rig::new();
+    let t0 = rig.t0;
+    let lifetime_of = |resp: &[u8]| {
+        let m = Message::parse(resp).unwrap();
+        assert_eq!(m.class(), Class::Success, "{:?}", error_code(&m));
+        let v = m.get(attr::LIFETIME).unwrap().value;
+        u32::from_be_bytes([v[0], v[1], v[2], v[3]])
+    };
+    // §7.2: a requested lifetime below the default gets the default.
+    let mut c = Client::new(five(4000), "alice", "pw-a");
+    c.learn(&mut rig, t0);
+    let req = c.request(proto::ALLOCATE, &|w| {
+        udp(w);
+        w.u32_attribute(attr::LIFETIME, 1).unwrap();
+    });
+    assert_eq!(lifetime_of(&rig.ask(t0, c.five, &req)), 600);
+    // §8.2: the same for Refresh; above the default it is honoured up to the maximum.
+    for (asked, granted) in [(1, 600), (599, 600), (601, 601), (99_999, 3600)] {
+        let req = c.request(proto::REFRESH, &|w| {
+            w.u32_attribute(attr::LIFETIME, asked).unwrap()
+        });
+        assert_eq!(lifetime_of(&rig.ask(t0, c.five, &req)), granted, "{asked}");
+    }
+    rig.tick(at(t0, 599));
+    assert_eq!(rig.server.allocations(), 1, "not expired after 1 s");
+    // §8.2: Refresh asking for a family the allocation has no relay of: 443, nothing deleted.
+    let req = c.request(proto::REFRESH, &|w| {
+        w.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+            .unwrap();
+        w.u32_attribute(attr::LIFETIME, 0).unwrap();
+    });
+    assert_eq!(code_of(&rig.ask(t0, c.five, &req)), Some(443));
+    assert_eq!(rig.server.allocations(), 1);
+    let req = c.request(proto::REFRESH, &|w| {
+        w.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0])
+            .unwrap();
+    });
+    assert_eq!(code_of(&rig.ask(t0, c.five, &req)), None, "matching family");
+    let req = c.request(proto::REFRESH, &|w| {
+        w.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[7, 0, 0, 0])
+            .unwrap();
+    });
+    assert_eq!(code_of(&rig.ask(t0, c.five, &req)), Some(400));
+    // A Send indication asking for DF is discarded, not relayed without it.
+    let p = peer("198.51.100.20:7000");
+    assert_eq!(permit(&mut rig, &mut c, t0, p), None);
+    let id = c.id();
+    let mut buf = vec![0u8; 256];
+    let mut w =
+        MessageWriter::new(&mut buf, message_type(proto::SEND, Class::Indication), &id).unwrap();
+    w.address(attr::XOR_PEER_ADDRESS, p).unwrap();
+    w.attribute(attr::DATA, b"x").unwrap();
+    w.attribute(attr::DONT_FRAGMENT, &[]).unwrap();
+    let n = w.finish();
+    assert_eq!(rig.send(t0, c.five, &buf[..n]), Output::None);
+    let ok = send_indication(&mut c, p, b"x");
+    assert!(relayed(&rig.send(t0, c.five, &ok), &ok).is_some());
 }
