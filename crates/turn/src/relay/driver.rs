@@ -252,11 +252,16 @@ impl UdpWorker {
         let mut last_publish = Instant::now();
         // Counted locally, published with the core's counters: no shared atomic per packet.
         let mut received = 0u64;
+        let mut result = Ok(());
         while !self.stop.load(Ordering::Relaxed) {
             let n = match epoll.wait(&mut events, 100u16) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    // Leave through the cleanup below: quota and relay ports must not leak.
+                    result = Err(e.into());
+                    break;
+                }
             };
             let now = Instant::now();
             for ev in events.iter().take(n) {
@@ -277,11 +282,12 @@ impl UdpWorker {
                 last_publish = now;
             }
         }
-        // Graceful stop: every allocation of this worker goes, with its relay socket.
+        // Graceful stop or failure: every allocation of this worker goes, with its relay
+        // socket and its quota.
         core.close_all(&mut ports);
         core.counters().publish(&self.turn.metrics);
         self.stats.received.fetch_add(received, Ordering::Relaxed);
-        Ok(())
+        result
     }
 
     fn drain_listener(

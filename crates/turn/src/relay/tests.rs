@@ -192,7 +192,7 @@ impl Client {
     }
 
     fn id(&mut self) -> TransactionId {
-        self.seq += 1;
+        self.seq = self.seq.wrapping_add(1);
         let mut id = [self.seq; 12];
         id[0] = self.five.client.port() as u8;
         id
@@ -963,6 +963,109 @@ fn garbage_never_panics_and_stores_nothing() {
     }
     assert_eq!(rig.server.table_sizes(), (0, 0, 0));
     assert_eq!(rig.server.shared().quota.live(), 0);
+}
+
+/// Random attributes in correctly signed requests from the 5-tuple the nonce was issued to:
+/// the authenticated paths (Allocate, Refresh, CreatePermission, ChannelBind, Send, ChannelData)
+/// see hostile values. Nothing panics, tables stay within the caps, everything is freed.
+#[test]
+fn signed_garbage_reaches_the_authenticated_paths() {
+    let mut rig = Rig::new();
+    let t0 = rig.t0;
+    let mut seed = 0x9E37_79B9_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut c = Client::new(five(4000), "alice", "pw-a");
+    c.learn(&mut rig, t0);
+    let types = [
+        attr::LIFETIME,
+        attr::XOR_PEER_ADDRESS,
+        attr::CHANNEL_NUMBER,
+        attr::REQUESTED_TRANSPORT,
+        attr::REQUESTED_ADDRESS_FAMILY,
+        proto::ATTR_ADDITIONAL_ADDRESS_FAMILY,
+        attr::EVEN_PORT,
+        attr::RESERVATION_TOKEN,
+        attr::DATA,
+        attr::DONT_FRAGMENT,
+        0x0077,
+    ];
+    let methods = [
+        proto::ALLOCATE,
+        proto::REFRESH,
+        proto::CREATE_PERMISSION,
+        proto::CHANNEL_BIND,
+        0x00F,
+    ];
+    let (mut successes, mut codes) = (0, HashSet::new());
+    for i in 0..4000u64 {
+        let now = t0 + Duration::from_millis(i * 250);
+        let r = next();
+        let method = methods[(r % methods.len() as u64) as usize];
+        let mut attrs: Vec<(u16, Vec<u8>)> = vec![];
+        for k in 0..(r >> 8) % 4 {
+            let t = types[((next() >> k) % types.len() as u64) as usize];
+            let len = [0usize, 1, 4, 8, 20][(next() % 5) as usize];
+            let mut v: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if next() % 2 == 0 {
+                // Often well-formed: a plausible value of the right shape.
+                match t {
+                    attr::REQUESTED_TRANSPORT => v = vec![17, 0, 0, 0],
+                    attr::CHANNEL_NUMBER => v = vec![0x40, next() as u8 % 4, 0, 0],
+                    attr::LIFETIME => v = ((next() % 4) as u32 * 300).to_be_bytes().to_vec(),
+                    _ => {}
+                }
+            }
+            attrs.push((t, v));
+        }
+        if method == proto::ALLOCATE && next() % 2 == 0 {
+            attrs.push((attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]));
+        }
+        let addr = SocketAddr::new(format!("198.51.100.{}", next() % 4).parse().unwrap(), 7000);
+        let req = c.request(method, &|w| {
+            if method == proto::CREATE_PERMISSION || method == proto::CHANNEL_BIND {
+                w.address(attr::XOR_PEER_ADDRESS, addr).unwrap();
+            }
+            for (t, v) in &attrs {
+                w.attribute(*t, v).unwrap();
+            }
+        });
+        let resp = rig.ask(now, c.five, &req);
+        match code_of(&resp) {
+            None => successes += 1,
+            Some(code) => {
+                codes.insert(code);
+            }
+        }
+        // Relayed traffic with random shapes on the same 5-tuple.
+        let data = channel_data_raw(0x4000 + (next() % 4) as u16, &[1, 2, 3]);
+        let _ = rig.send(now, c.five, &data);
+        let ind = send_indication(&mut c, addr, b"x");
+        let _ = rig.send(now, c.five, &ind);
+        for relay in rig.server.relay_addresses(&c.five) {
+            let _ = rig.peer_in(now, relay, addr, b"y");
+        }
+        rig.tick(now);
+        let (allocs, perms, chans) = rig.server.table_sizes();
+        assert!(allocs <= 2 && perms <= 64 && chans <= 64);
+    }
+    // The authenticated paths were reached: successes, and errors only they produce.
+    assert!(successes > 100, "{successes} successes");
+    for code in [437, 440, 508, 420] {
+        assert!(codes.contains(&code), "no {code} among {codes:?}");
+    }
+    assert!(
+        !codes.contains(&401),
+        "signed requests authenticate: {codes:?}"
+    );
+    rig.close();
+    assert_eq!(rig.server.table_sizes(), (0, 0, 0));
+    assert_eq!(rig.server.shared().quota.live(), 0);
+    assert!(rig.pool.live.is_empty());
 }
 
 fn at(t0: Instant, secs: u64) -> Instant {
