@@ -1310,7 +1310,8 @@ fn oversized_username_realm_nonce_get_400_before_any_cryptography() {
     let ok_user = &long_user[..512];
     let realm = REALM.as_bytes();
     let n = nonce.as_bytes();
-    let cases: [(&[u8], &[u8], &[u8], u16); 6] = [
+    type Case<'a> = (&'a [u8], &'a [u8], &'a [u8], u16);
+    let cases: [Case<'_>; 6] = [
         (long_user.as_bytes(), realm, n, 400),
         (ok_user.as_bytes(), realm, n, 401),
         (b"alice", &[b'r'; 763], n, 400),
