@@ -101,6 +101,7 @@ start_server() {
             "$turnd" --listen "127.0.0.1:$srv_port" --no-tcp --workers "$threads" \
                 --user test:test --realm example.org --allow-peer 127.0.0.0/8 \
                 --relay-ports "$relay_lo-$relay_hi" --rate-limit 0 \
+                --user-quota 0 --total-quota 0 \
                 >"$work/turnd.out" 2>"$work/turnd.err" &
             ;;
         coturn)

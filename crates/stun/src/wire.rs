@@ -297,18 +297,44 @@ impl<'a> Message<'a> {
         id
     }
 
-    /// Number of attributes.
+    /// Number of attributes on the wire, including those [`Message::attributes`] hides.
     pub fn attribute_count(&self) -> usize {
         self.count
     }
 
-    /// Iterate over the attributes, in order.
+    /// Iterate over the attributes a receiver may act on, in order.
+    ///
+    /// RFC 8489 §14.5 and §14.6: after MESSAGE-INTEGRITY only MESSAGE-INTEGRITY-SHA256 and
+    /// FINGERPRINT count, and after MESSAGE-INTEGRITY-SHA256 only FINGERPRINT. Anything else
+    /// there is not covered by the integrity check (anyone on the path can append it), so it
+    /// is skipped here and by [`Message::get`]: code that reads a message cannot obey it by
+    /// mistake. [`Message::raw_attributes`] still shows everything.
     pub fn attributes(&self) -> impl Iterator<Item = Attribute<'a>> + use<'a> {
+        let mut seen_mi = false;
+        let mut seen_sha256 = false;
+        self.raw_attributes().filter(move |a| {
+            let visible = match a.attr_type {
+                attr::FINGERPRINT => true,
+                attr::MESSAGE_INTEGRITY_SHA256 => !seen_sha256,
+                _ => !seen_mi && !seen_sha256,
+            };
+            match a.attr_type {
+                attr::MESSAGE_INTEGRITY if visible => seen_mi = true,
+                attr::MESSAGE_INTEGRITY_SHA256 if visible => seen_sha256 = true,
+                _ => {}
+            }
+            visible
+        })
+    }
+
+    /// Every attribute on the wire, in order, including those after the integrity attributes
+    /// that [`Message::attributes`] hides. For diagnostics, not for acting on a message.
+    pub fn raw_attributes(&self) -> impl Iterator<Item = Attribute<'a>> + use<'a> {
         // Already validated in `parse`: errors cannot occur, but never panic if they did.
         self.raw_iter().map_while(Result::ok)
     }
 
-    /// The first attribute of a type.
+    /// The first attribute of a type among [`Message::attributes`].
     pub fn get(&self, attr_type: u16) -> Option<Attribute<'a>> {
         self.attributes().find(|a| a.attr_type == attr_type)
     }
@@ -729,6 +755,75 @@ mod tests {
             Message::parse(&buf[..n]).unwrap_err(),
             WireError::BadFingerprint
         );
+    }
+
+    /// Append an attribute to a finished message by hand (what an on-path attacker can do).
+    fn append(msg: &mut Vec<u8>, t: u16, v: &[u8]) {
+        msg.extend_from_slice(&t.to_be_bytes());
+        msg.extend_from_slice(&u16::try_from(v.len()).unwrap().to_be_bytes());
+        msg.extend_from_slice(v);
+        while msg.len() % 4 != 0 {
+            msg.push(0);
+        }
+        let l = u16::try_from(msg.len() - HEADER_LEN).unwrap();
+        msg[2..4].copy_from_slice(&l.to_be_bytes());
+    }
+
+    #[test]
+    fn attributes_after_integrity_are_ignored_rfc8489_14_5() {
+        let id = [3u8; 12];
+        let mut buf = [0u8; 256];
+        let mut w = MessageWriter::new(&mut buf, 0x0003, &id).unwrap();
+        w.u32_attribute(attr::LIFETIME, 600).unwrap();
+        w.attribute(attr::MESSAGE_INTEGRITY, &[0; 20]).unwrap();
+        let n = w.finish();
+        let mut m = buf[..n].to_vec();
+        append(&mut m, attr::LIFETIME, &0u32.to_be_bytes());
+        append(&mut m, attr::XOR_PEER_ADDRESS, &[0, 1, 0, 1, 1, 2, 3, 4]);
+        append(&mut m, attr::MESSAGE_INTEGRITY_SHA256, &[0; 32]);
+        append(&mut m, attr::USERNAME, b"late");
+        append(&mut m, attr::MESSAGE_INTEGRITY, &[1; 20]);
+        let msg = Message::parse(&m).unwrap();
+        let seen: Vec<u16> = msg.attributes().map(|a| a.attr_type).collect();
+        assert_eq!(
+            seen,
+            [
+                attr::LIFETIME,
+                attr::MESSAGE_INTEGRITY,
+                attr::MESSAGE_INTEGRITY_SHA256
+            ]
+        );
+        assert_eq!(
+            msg.get(attr::LIFETIME).unwrap().value,
+            600u32.to_be_bytes(),
+            "the appended LIFETIME 0 is not the one read"
+        );
+        assert!(msg.get(attr::XOR_PEER_ADDRESS).is_none());
+        assert!(msg.get(attr::USERNAME).is_none());
+        assert_eq!(msg.get(attr::MESSAGE_INTEGRITY).unwrap().value, [0; 20]);
+        assert_eq!(msg.raw_attributes().count(), 7);
+        assert_eq!(msg.attribute_count(), 7);
+        // FINGERPRINT after the integrity attributes still counts.
+        append(&mut m, attr::FINGERPRINT, &[0; 4]);
+        let msg = Message::parse(&m).unwrap();
+        assert!(msg.get(attr::FINGERPRINT).is_some());
+        // SHA256 alone: only FINGERPRINT may follow it.
+        let mut w = MessageWriter::new(&mut buf, 0x0003, &id).unwrap();
+        w.attribute(attr::MESSAGE_INTEGRITY_SHA256, &[0; 32])
+            .unwrap();
+        let n = w.finish();
+        let mut m = buf[..n].to_vec();
+        append(&mut m, attr::MESSAGE_INTEGRITY, &[0; 20]);
+        append(&mut m, attr::LIFETIME, &[0; 4]);
+        let msg = Message::parse(&m).unwrap();
+        assert!(msg.get(attr::MESSAGE_INTEGRITY).is_none());
+        assert!(msg.get(attr::LIFETIME).is_none());
+        // Without integrity everything is visible.
+        let mut w = MessageWriter::new(&mut buf, 0x0003, &id).unwrap();
+        w.u32_attribute(attr::LIFETIME, 1).unwrap();
+        w.attribute(attr::USERNAME, b"u").unwrap();
+        let n = w.finish();
+        assert_eq!(Message::parse(&buf[..n]).unwrap().attributes().count(), 2);
     }
 
     #[test]

@@ -41,8 +41,8 @@ use crate::server::{ServerConfig, TlsConfig, TurnConfig, check_announceable};
 /// allow_peers = ["198.51.100.0/24"] # CIDR; checked before deny_peers and the defaults
 /// deny_peers = ["203.0.113.0/24"]
 /// deny_private_peers = true         # loopback, RFC 1918, 100.64/10, link-local, ULA...
-/// user_quota = 10                   # allocations per user (0 = no limit)
-/// total_quota = 10000
+/// user_quota = 10                   # allocations per user (0 = no limit; default 10)
+/// total_quota = 10000               # allocations in all (0 = no limit; default 10000)
 /// max_lifetime_s = 3600
 /// max_permissions = 64              # per allocation
 /// max_channels = 64                 # per allocation
@@ -233,10 +233,11 @@ pub struct Flags {
     /// peers by default. turnd's own service addresses stay denied.
     #[arg(long, help_heading = "TURN")]
     pub allow_private_peers: bool,
-    /// Allocations per user (0 = no limit; default 0).
+    /// Allocations per user (0 = no limit; default 10). A REST credential `expiry:user`
+    /// counts for `user`, whatever its expiry.
     #[arg(long, value_name = "N", help_heading = "TURN")]
     pub user_quota: Option<usize>,
-    /// Allocations in total (0 = no limit; default 0).
+    /// Allocations in total (0 = no limit; default 10000).
     #[arg(long, value_name = "N", help_heading = "TURN")]
     pub total_quota: Option<usize>,
     /// Longest allocation lifetime in seconds (default 3600).
@@ -290,6 +291,26 @@ fn parse_ports(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
         return Err(bad());
     }
     Ok(a..=b)
+}
+
+/// A relay port range must not contain a port turnd listens on at a relay IP (or a wildcard):
+/// relay sockets would fail to bind there, and the peer policy must never take a service
+/// port for a relay.
+fn check_relay_ports(t: &TurnConfig, own: &[(&str, SocketAddr)]) -> Result<(), String> {
+    let relay_ips: Vec<IpAddr> = t.relay_ip.into_iter().chain(t.relay_ip6).collect();
+    for (what, a) in own {
+        let shared_ip = a.ip().is_unspecified() || relay_ips.contains(&a.ip());
+        if a.port() != 0 && shared_ip && t.ports.contains(&a.port()) {
+            return Err(format!(
+                "relay ports {}-{} contain the {what} port {}: choose a relay range without \
+                 turnd's own ports",
+                t.ports.start(),
+                t.ports.end(),
+                a.port()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The TURN part of the config, if TURN is enabled.
@@ -475,6 +496,17 @@ pub fn merge(flags: &Flags, file: FileConfig) -> Result<(ServerConfig, String), 
     if let Some(s) = file.tcp_idle_timeout_s {
         cfg.tcp_idle_timeout = Duration::from_secs(s);
     }
+    if let Some(t) = &turn {
+        let mut own = vec![("--listen", listen)];
+        if let Some((ip, port)) = alternate {
+            own.push(("--alt-ip/--alt-port", SocketAddr::new(ip, port)));
+            own.push(("--alt-port", SocketAddr::new(listen.ip(), port)));
+            own.push(("--alt-ip", SocketAddr::new(ip, listen.port())));
+        }
+        own.extend(tls_parts.0.map(|a| ("--tls-listen", a)));
+        own.extend(metrics.map(|a| ("--metrics", a)));
+        check_relay_ports(t, &own)?;
+    }
     cfg.turn = turn;
     cfg.metrics = metrics;
     cfg.tls = match tls_parts {
@@ -597,6 +629,22 @@ mod tests {
     }
 
     #[test]
+    fn quotas_are_on_by_default() {
+        let file: FileConfig =
+            toml::from_str("listen = \"192.0.2.1:3478\"\nusers = [\"a:b\"]").unwrap();
+        let t = merge(&Flags::default(), file).unwrap().0.turn.unwrap();
+        assert_eq!((t.user_quota, t.total_quota), (10, 10_000));
+        let flags = Flags {
+            user_quota: Some(0),
+            ..Default::default()
+        };
+        let file: FileConfig =
+            toml::from_str("listen = \"192.0.2.1:3478\"\nusers = [\"a:b\"]").unwrap();
+        let t = merge(&flags, file).unwrap().0.turn.unwrap();
+        assert_eq!((t.user_quota, t.total_quota), (0, 10_000), "0 lifts it");
+    }
+
+    #[test]
     fn bad_turn_configs_are_explained() {
         let f = |s: &str| merge(&Flags::default(), toml::from_str(s).unwrap()).unwrap_err();
         assert!(f("users = [\"alice\"]").contains("name:password"));
@@ -606,6 +654,25 @@ mod tests {
         );
         let base = "listen = \"192.0.2.1:3478\"\nusers = [\"a:b\"]\n";
         assert!(f(&format!("{base}relay_ports = \"9-3\"")).contains("FIRST-LAST"));
+        let e = f(&format!("{base}relay_ports = \"3000-4000\""));
+        assert!(e.contains("--listen port 3478"), "{e}");
+        let e = f(&format!(
+            "{base}relay_ports = \"9000-9999\"\nmetrics = \"0.0.0.0:9641\""
+        ));
+        assert!(e.contains("--metrics port 9641"), "{e}");
+        let e = f(&format!(
+            "{base}relay_ports = \"5000-5400\"\ntls_listen = \"192.0.2.1:5349\"\n\
+             cert = \"c\"\nkey = \"k\""
+        ));
+        assert!(e.contains("--tls-listen port 5349"), "{e}");
+        let e = f(&format!(
+            "{base}relay_ports = \"3479-3479\"\nalt_ip = \"192.0.2.2\""
+        ));
+        assert!(e.contains("port 3479"), "{e}");
+        // A listener on another IP may share a port number with the relay range.
+        let ok = "listen = \"192.0.2.1:3478\"\nusers = [\"a:b\"]\nrelay_ip = \"192.0.2.9\"\n\
+                  relay_ports = \"3000-4000\"";
+        assert!(merge(&Flags::default(), toml::from_str(ok).unwrap()).is_ok());
         assert!(f(&format!("{base}allow_peers = [\"10.0.0.0/99\"]")).contains("prefix length"));
         assert!(f(&format!("{base}tls_listen = \"192.0.2.1:5349\"")).contains("--cert"));
         assert!(

@@ -89,6 +89,11 @@ pub struct ServerConfig {
     pub metrics: Option<SocketAddr>,
 }
 
+/// Allocations per user unless configured (`--user-quota`).
+pub const DEFAULT_USER_QUOTA: usize = 10;
+/// Allocations in total unless configured (`--total-quota`).
+pub const DEFAULT_TOTAL_QUOTA: usize = 10_000;
+
 /// TURN settings.
 #[derive(Debug, Clone)]
 pub struct TurnConfig {
@@ -114,14 +119,16 @@ pub struct TurnConfig {
     pub deny: Vec<Cidr>,
     /// Deny private, loopback, link-local... peers unless allowed (default true).
     pub deny_defaults: bool,
-    /// Allocations per user (0: no limit).
+    /// Allocations per user (0: no limit; default 10). REST credentials `expiry:user` count
+    /// for `user`.
     pub user_quota: usize,
-    /// Allocations in total (0: no limit).
+    /// Allocations in total (0: no limit; default 10000).
     pub total_quota: usize,
 }
 
 impl TurnConfig {
-    /// Defaults: realm "natscope", ports 49152-65535, nothing else.
+    /// Defaults: realm "natscope", ports 49152-65535, [`DEFAULT_USER_QUOTA`] allocations per
+    /// user and [`DEFAULT_TOTAL_QUOTA`] in all, nothing else.
     pub fn new() -> Self {
         TurnConfig {
             relay: RelayConfig::default(),
@@ -135,8 +142,8 @@ impl TurnConfig {
             allow: vec![],
             deny: vec![],
             deny_defaults: true,
-            user_quota: 0,
-            total_quota: 0,
+            user_quota: DEFAULT_USER_QUOTA,
+            total_quota: DEFAULT_TOTAL_QUOTA,
         }
     }
 }
@@ -542,7 +549,9 @@ pub fn spawn(mut config: ServerConfig) -> io::Result<RunningServer> {
                 turn: t,
                 responder: responder.clone(),
                 stats: stats.clone(),
+                limiter: limiter.clone(),
                 idle: config.tcp_idle_timeout,
+                frame: config.tcp_frame_timeout,
             }),
             instances: instances.clone(),
         };

@@ -1497,3 +1497,163 @@ fn trickled_frame_is_cut_off_at_the_frame_deadline() {
     let answer = read_frame(&mut ok);
     assert!(BindingResponse::parse(&answer).unwrap().success);
 }
+
+/// TURN on (users configured), so TCP connections run the TURN stream driver.
+fn turn_on(c: &mut ServerConfig, relay_ports: std::ops::RangeInclusive<u16>) {
+    let mut t = turn::server::TurnConfig::new();
+    t.users = vec![("alice".into(), "pw".into())];
+    t.relay_ip = Some("127.0.0.1".parse().unwrap());
+    t.ports = relay_ports;
+    c.turn = Some(t);
+}
+
+/// Write `bytes` one at a time, `gap` apart, until the server closes: when it closed.
+fn trickle(s: &mut TcpStream, bytes: &[u8], gap: Duration) -> Option<Duration> {
+    s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    let started = Instant::now();
+    for b in bytes {
+        if s.write_all(std::slice::from_ref(b)).is_err() {
+            return Some(started.elapsed());
+        }
+        let mut one = [0u8; 1];
+        match s.read(&mut one) {
+            Ok(0) => return Some(started.elapsed()),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Some(started.elapsed()),
+            _ => {}
+        }
+        std::thread::sleep(gap);
+    }
+    None
+}
+
+/// The TURN stream driver keeps the Binding path's frame deadline: a trickled frame is cut
+/// off although each byte arrives well within the idle timeout.
+#[test]
+fn turn_tcp_trickled_frame_is_cut_off_at_the_frame_deadline() {
+    let server = start(|c| {
+        c.udp = false;
+        c.tcp_idle_timeout = Duration::from_secs(30);
+        c.tcp_frame_timeout = Duration::from_secs(1);
+        turn_on(c, 43100..=43119);
+    });
+    let addr = server.primary();
+    // An Allocate-sized frame: what a TURN client sends first.
+    let frame = fingerprinted(&[(attr::SOFTWARE, b"a frame long enough to trickle slowly")]);
+    let mut slow = tcp_client(addr);
+    let closed_after = trickle(
+        &mut slow,
+        &frame[..frame.len() - 1],
+        Duration::from_millis(200),
+    )
+    .expect("the trickling TURN connection was never closed");
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "closed too early: {closed_after:?}"
+    );
+    assert!(
+        closed_after < Duration::from_secs(10),
+        "closed by something else than the frame deadline: {closed_after:?}"
+    );
+    // A well-behaved client is still served, Binding and TURN alike.
+    let mut ok = tcp_client(addr);
+    ok.write_all(&frame).unwrap();
+    assert!(
+        BindingResponse::parse(&read_frame(&mut ok))
+            .unwrap()
+            .success
+    );
+    let allocate = raw(message_type(0x003, Class::Request), &[]);
+    ok.write_all(&allocate).unwrap();
+    let m = read_frame(&mut ok);
+    assert_eq!(error_code(&Message::parse(&m).unwrap()).unwrap().0, 401);
+    server.shutdown();
+}
+
+/// Single bytes do not count as activity: a connection that never completes a frame is gone
+/// at the idle timeout even with the frame deadline far away... and complete frames do count.
+#[test]
+fn turn_tcp_idle_clock_is_not_reset_by_partial_bytes() {
+    let server = start(|c| {
+        c.udp = false;
+        c.tcp_idle_timeout = Duration::from_secs(1);
+        c.tcp_frame_timeout = Duration::from_secs(30);
+        turn_on(c, 43120..=43139);
+    });
+    let addr = server.primary();
+    let frame = fingerprinted(&[(attr::SOFTWARE, b"a frame long enough to trickle slowly")]);
+    // Complete frames 300 ms apart keep the connection for more than the idle timeout.
+    let mut busy = tcp_client(addr);
+    for i in 0..6u8 {
+        let mut id = [0u8; 12];
+        id[0] = i;
+        busy.write_all(&binding(id)).unwrap();
+        assert!(
+            BindingResponse::parse(&read_frame(&mut busy))
+                .unwrap()
+                .success
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A byte every 200 ms of a frame that never completes: closed at the idle timeout.
+    let mut slow = tcp_client(addr);
+    let closed_after = trickle(
+        &mut slow,
+        &frame[..frame.len() - 1],
+        Duration::from_millis(200),
+    )
+    .expect("the trickling TURN connection was never closed");
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(10)).contains(&closed_after),
+        "{closed_after:?}"
+    );
+    server.shutdown();
+}
+
+/// Unauthenticated frames on a TURN stream go through the shared per-source limiter: a flood
+/// on one connection is cut off instead of being answered without bound.
+#[test]
+fn turn_tcp_frames_are_rate_limited() {
+    let server = start(|c| {
+        c.udp = false;
+        c.rate_limit = 10;
+        c.rate_burst = 10;
+        turn_on(c, 43140..=43159);
+    });
+    let addr = server.primary();
+    let mut s = tcp_client(addr);
+    let allocate = raw(message_type(0x003, Class::Request), &[]);
+    let mut answers = 0;
+    for _ in 0..100 {
+        if s.write_all(&allocate).is_err() {
+            break;
+        }
+    }
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let closed = loop {
+        let mut head = [0u8; 20];
+        match s.read_exact(&mut head) {
+            Ok(()) => {
+                let len = wire::frame_len(&head).unwrap();
+                let mut rest = vec![0u8; len - 20];
+                if s.read_exact(&mut rest).is_err() {
+                    break true;
+                }
+                answers += 1;
+            }
+            Err(e) => break e.kind() != ErrorKind::WouldBlock && e.kind() != ErrorKind::TimedOut,
+        }
+    };
+    assert!(closed, "the flooding connection is closed");
+    assert!(
+        (8..=15).contains(&answers),
+        "{answers} answers to 100 Allocates with --rate-limit 10 --rate-burst 10"
+    );
+    let c = settle(server.stats(), "the limiter counted", |c| {
+        c.rate_limited >= 1
+    });
+    assert_eq!(
+        c.rate_limited, 1,
+        "one refusal closes the connection: {c:?}"
+    );
+    server.shutdown();
+}

@@ -63,6 +63,13 @@ struct Channel {
     bound: bool,
     in_flight: bool,
     refresh_at: Option<Instant>,
+    /// Until when the server may hold this binding (the last success or an unanswered
+    /// attempt, plus the channel lifetime); `None` when it never could have.
+    server_until: Option<Instant>,
+    /// After a failed refresh: when the number stops being reserved (the server's binding
+    /// plus the cool-down of RFC 8656 §12.1). The entry lives until then, delivering the
+    /// server's ChannelData and keeping the number from other peers.
+    release_at: Option<Instant>,
 }
 
 /// A sans-IO TURN client for one allocation on one server (RFC 8656).
@@ -373,6 +380,8 @@ impl Client {
                 c.bound = true;
                 c.in_flight = false;
                 c.refresh_at = Some(later(now, CHANNEL_REFRESH));
+                c.server_until = Some(later(now, proto::CHANNEL_LIFETIME));
+                c.release_at = None;
                 // A binding installs or refreshes the permission for the peer's IP (§12.2).
                 let perm = self.permissions.entry(peer.ip()).or_insert(Permission {
                     installed: false,
@@ -444,6 +453,9 @@ impl Client {
             }
             self.start(now, Request::ChannelBind { peer, channel }, 0);
         }
+        // Reserved numbers whose cool-down is over are free again.
+        self.channels
+            .retain(|_, c| c.bound || c.in_flight || c.release_at.is_none_or(|t| now < t));
     }
 
     /// The TCP/TLS connection to the server is gone, and the allocation with it (RFC 8656
@@ -496,9 +508,18 @@ impl Client {
     pub fn bind_channel(&mut self, now: Instant, peer: SocketAddr) -> Result<u16, ClientError> {
         self.now = Some(now);
         self.check_peer(peer)?;
-        if let Some(c) = self.channels.get(&peer) {
-            return Ok(c.number);
+        if let Some(c) = self.channels.get_mut(&peer) {
+            let channel = c.number;
+            if !c.bound && !c.in_flight {
+                // Reserved after a failed refresh: bind the same number again now.
+                c.in_flight = true;
+                c.refresh_at = None;
+                self.start(now, Request::ChannelBind { peer, channel }, 0);
+            }
+            return Ok(channel);
         }
+        // Numbers of every entry are taken, including those reserved after a failure: the
+        // server may still hold them, or be cooling them down (RFC 8656 §12.1).
         let channel = (proto::CHANNEL_MIN..=proto::CHANNEL_MAX)
             .find(|n| self.channels.values().all(|c| c.number != *n))
             .ok_or(ClientError::ChannelsExhausted)?;
@@ -509,6 +530,8 @@ impl Client {
                 bound: false,
                 in_flight: true,
                 refresh_at: None,
+                server_until: None,
+                release_at: None,
             },
         );
         self.start(now, Request::ChannelBind { peer, channel }, 0);
@@ -537,7 +560,7 @@ impl Client {
         if ready {
             return self.transmit_data(peer, data);
         }
-        let waiting = self.channels.contains_key(&peer)
+        let waiting = self.channels.get(&peer).is_some_and(|c| c.in_flight)
             || self
                 .permissions
                 .get(&peer.ip())
@@ -619,7 +642,7 @@ impl Client {
                     self.channels
                         .values()
                         .filter(|c| !c.in_flight)
-                        .map(|c| c.refresh_at),
+                        .flat_map(|c| [c.refresh_at, c.release_at]),
                 )
                 .flatten();
             for x in timers {
@@ -778,8 +801,36 @@ impl Client {
                 if self.state != State::Allocated {
                     return;
                 }
-                self.channels.remove(&peer);
-                self.queued.retain(|(q, _)| *q != peer);
+                let Some(c) = self.channels.get_mut(&peer) else {
+                    return;
+                };
+                // An unanswered request may have bound the channel on the server.
+                let server_until = match (&error, c.server_until) {
+                    (ClientError::Timeout { .. }, until) => {
+                        Some(until.map_or(later(now, proto::CHANNEL_LIFETIME), |u| {
+                            u.max(later(now, proto::CHANNEL_LIFETIME))
+                        }))
+                    }
+                    (_, until) => until,
+                };
+                match server_until {
+                    None => {
+                        // The server never bound it: the number is free again.
+                        self.channels.remove(&peer);
+                        self.queued.retain(|(q, _)| *q != peer);
+                    }
+                    Some(until) => {
+                        // The server may still hold the binding: keep the number reserved
+                        // (its ChannelData keeps being delivered) and retry while the
+                        // server's binding lives; release it only after the cool-down.
+                        c.bound = false;
+                        c.in_flight = false;
+                        c.server_until = Some(until);
+                        let retry = later(now, REFRESH_RETRY);
+                        c.refresh_at = (retry < until).then_some(retry);
+                        c.release_at = Some(later(until, proto::CHANNEL_COOLDOWN));
+                    }
+                }
                 self.events.push_back(Event::Failed { request, error });
             }
         }

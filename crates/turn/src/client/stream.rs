@@ -3,8 +3,10 @@
 
 use crate::proto::{ChannelDataError, stream_frame_len};
 
-/// Largest frame accepted from the server: a STUN message or ChannelData (64 KiB + header).
-pub const MAX_FRAME: usize = 4 + 65_536;
+/// Largest frame accepted from the server: the largest STUN message (a 20-byte header and a
+/// 16-bit length), which also covers the largest padded ChannelData (4 + 65535 + 3). A Data
+/// indication for a 65507-byte UDP payload is 65544 bytes and must pass.
+pub const MAX_FRAME: usize = stun::wire::HEADER_LEN + 65_535;
 
 /// Why the stream cannot be framed; the connection must be closed (a byte stream cannot be
 /// re-synchronised).
@@ -83,6 +85,42 @@ mod tests {
             assert_eq!(frames[1], stun);
             assert_eq!(d.buffered(), 0);
         }
+    }
+
+    #[test]
+    fn largest_data_indication_and_channel_data_pass() {
+        use stun::wire::{Class, MessageWriter, attr, message_type};
+        // The largest IPv4 UDP payload a peer can send, in a Data indication (RFC 8656 §11.4).
+        let payload = vec![0xAB; 65_507];
+        let mut buf = vec![0u8; 70_000];
+        let mut w = MessageWriter::new(
+            &mut buf,
+            message_type(crate::proto::DATA, Class::Indication),
+            &[1; 12],
+        )
+        .unwrap();
+        w.address(attr::XOR_PEER_ADDRESS, "198.51.100.1:9".parse().unwrap())
+            .unwrap();
+        w.attribute(attr::DATA, &payload).unwrap();
+        let n = w.finish();
+        assert_eq!(n, 65_544);
+        let mut d = StreamDecoder::new();
+        d.push(&buf[..n]);
+        assert_eq!(d.next_frame().unwrap().unwrap().len(), n);
+        // The largest ChannelData, padded as on streams.
+        let mut cd = vec![0x40, 0x00, 0xFF, 0xFF];
+        cd.resize(4 + 65_535 + 1, 0);
+        d.push(&cd);
+        assert_eq!(d.next_frame().unwrap().unwrap().len(), cd.len());
+        // The largest STUN message is the bound.
+        let mut big = vec![0u8; 4];
+        big[2..4].copy_from_slice(&0xFFFCu16.to_be_bytes());
+        d.push(&big);
+        assert_eq!(
+            d.next_frame(),
+            Ok(None),
+            "within the bound, waiting for bytes"
+        );
     }
 
     #[test]

@@ -910,3 +910,92 @@ fn hostile_responses_are_ignored_without_panic() {
     );
     assert!(c.has_permission(peer().ip()));
 }
+
+/// Advance to `now` and answer what the client sends: everything succeeds except ChannelBind
+/// when `bind_fails`. Returns the ChannelBind requests seen (their channel numbers).
+fn step(c: &mut Client, server: &Server, now: Instant, bind_fails: bool) -> Vec<u16> {
+    c.handle_timeout(now);
+    let mut binds = vec![];
+    for r in transmits(c) {
+        let m = Message::parse(&r).unwrap();
+        if m.method() == proto::CHANNEL_BIND {
+            let v = m.get(attr::CHANNEL_NUMBER).unwrap().value;
+            binds.push(u16::from_be_bytes([v[0], v[1]]));
+            if bind_fails {
+                c.handle_input(now, &server.error(&r, 508, "Insufficient Capacity"));
+                continue;
+            }
+        }
+        c.handle_input(now, &server.answer(&r));
+    }
+    binds
+}
+
+#[test]
+fn failed_channel_refresh_keeps_the_number_and_its_data_rfc8656_12_1() {
+    let server = Server::new();
+    let t0 = Instant::now();
+    let secs = |s: u64| t0 + Duration::from_secs(s);
+    let mut c = allocated(&server, Transport::Udp, t0);
+    assert_eq!(c.bind_channel(t0, peer()), Ok(0x4000));
+    assert_eq!(step(&mut c, &server, t0, false), [0x4000]);
+    assert_eq!(c.channel(peer()), Some((0x4000, true)));
+    let _ = events(&mut c);
+    // The refresh at 540 s fails: the server still holds the binding until 600 s.
+    assert_eq!(step(&mut c, &server, secs(540), true), [0x4000]);
+    assert!(events(&mut c).iter().any(|e| matches!(
+        e,
+        Event::Failed {
+            request: Request::ChannelBind { .. },
+            ..
+        }
+    )));
+    assert_eq!(
+        c.channel(peer()),
+        Some((0x4000, false)),
+        "reserved, unbound"
+    );
+    // Its ChannelData is still the peer's data.
+    c.handle_input(secs(541), b"\x40\x00\x00\x03abc");
+    assert_eq!(
+        events(&mut c),
+        [Event::Data {
+            peer: peer(),
+            data: b"abc".to_vec()
+        }]
+    );
+    // Another peer does not get the reserved number.
+    let other: SocketAddr = "203.0.113.9:1".parse().unwrap();
+    assert_eq!(c.bind_channel(secs(541), other), Ok(0x4001));
+    assert_eq!(step(&mut c, &server, secs(541), false), [0x4001]);
+    // Retried while the server's binding lives; success binds it again.
+    assert!(c.poll_timeout().unwrap() <= secs(550));
+    assert_eq!(step(&mut c, &server, secs(550), false), [0x4000]);
+    assert_eq!(c.channel(peer()), Some((0x4000, true)));
+
+    // Now let every attempt fail: retries stop when the server's binding ends (1150 s), the
+    // number stays reserved through the 5-minute cool-down (until 1450 s), then is free.
+    let mut t = 1090;
+    let mut retried = 0;
+    while t < 1440 {
+        let binds = step(&mut c, &server, secs(t), true);
+        retried += binds.iter().filter(|n| **n == 0x4000).count();
+        t += 10;
+    }
+    assert_eq!(
+        retried, 6,
+        "the refresh at 1090 s and retries every 10 s before 1150 s"
+    );
+    assert_eq!(c.channel(peer()), Some((0x4000, false)));
+    let third: SocketAddr = "203.0.113.10:1".parse().unwrap();
+    assert_eq!(
+        c.bind_channel(secs(1440), third),
+        Ok(0x4002),
+        "cooling down"
+    );
+    let _ = step(&mut c, &server, secs(1440), false);
+    c.handle_timeout(secs(1450));
+    assert_eq!(c.channel(peer()), None, "released after the cool-down");
+    let fourth: SocketAddr = "203.0.113.11:1".parse().unwrap();
+    assert_eq!(c.bind_channel(secs(1450), fourth), Ok(0x4000));
+}

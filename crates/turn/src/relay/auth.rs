@@ -19,7 +19,13 @@ use stun::credentials::{Key, PasswordAlgorithm};
 
 /// The RFC 8489 §9.2 nonce cookie followed by 24 zero feature bits in base64.
 pub const NONCE_PREFIX: &str = "obMatJos2AAAA";
-const NONCE_LEN: usize = NONCE_PREFIX.len() + 8 + 16;
+/// Length of every nonce this server issues.
+pub const NONCE_LEN: usize = NONCE_PREFIX.len() + 8 + 16;
+
+/// USERNAME must be shorter than this (RFC 8489 §14.3: "less than 513 bytes").
+pub const MAX_USERNAME: usize = 513;
+/// REALM and NONCE must be shorter than this (RFC 8489 §14.9, §14.10: "less than 763 bytes").
+pub const MAX_REALM_NONCE: usize = 763;
 
 /// Default nonce lifetime.
 pub const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(600);
@@ -62,6 +68,9 @@ pub enum AuthFailure {
     Challenge,
     /// 400: integrity without USERNAME, REALM or NONCE.
     BadRequest,
+    /// 400: USERNAME of [`MAX_USERNAME`] bytes or more, REALM or NONCE of [`MAX_REALM_NONCE`]
+    /// or more (RFC 8489 §14.3, §14.9, §14.10), refused before any cryptography.
+    TooLong,
     /// 438: the nonce expired, was forged, or was issued to another client address.
     StaleNonce,
     /// 401: unknown user, expired REST credential or wrong integrity.
@@ -73,7 +82,7 @@ impl AuthFailure {
     pub const fn code(self) -> u16 {
         match self {
             AuthFailure::Challenge | AuthFailure::Unauthorized => 401,
-            AuthFailure::BadRequest => 400,
+            AuthFailure::BadRequest | AuthFailure::TooLong => 400,
             AuthFailure::StaleNonce => 438,
         }
     }
@@ -204,15 +213,39 @@ impl Authenticator {
             return Some(k.clone());
         }
         let secret = self.rest_secret.as_ref()?;
-        // `expiry:user` (or just `expiry`), expiry in Unix seconds.
-        let stamp = username.split(':').next()?;
-        let expiry: u64 = stamp.parse().ok()?;
-        let unix_now = self.unix_at_epoch + self.secs(now);
-        if expiry <= unix_now {
+        if self.expired(now, username) {
             return None;
         }
         let password = rest_password(secret, username);
         Key::long_term(username, &self.realm, &password, PasswordAlgorithm::Md5).ok()
+    }
+
+    /// When the credential `username` stops being valid: `None` for static users (never),
+    /// the REST timestamp for `expiry:user` names. A name that is neither is already expired.
+    pub fn expiry(&self, username: &str) -> Option<Instant> {
+        if self.users.contains_key(username) {
+            return None;
+        }
+        // `expiry:user` (or just `expiry`), expiry in Unix seconds.
+        let expiry = username
+            .split(':')
+            .next()
+            .and_then(|s| s.parse::<u64>().ok())
+            .filter(|_| self.rest_secret.is_some())
+            .unwrap_or(0);
+        let after_epoch = expiry.saturating_sub(self.unix_at_epoch);
+        Some(
+            self.epoch
+                .checked_add(Duration::from_secs(after_epoch))
+                .unwrap_or(self.epoch),
+        )
+    }
+
+    /// Has the credential `username` expired at `now`? Checked on every authenticated request,
+    /// also when the key comes from the allocation (RFC 8656 §5: a credential that is no longer
+    /// valid gets 401 on Refresh, CreatePermission and ChannelBind too).
+    pub fn expired(&self, now: Instant, username: &str) -> bool {
+        self.expiry(username).is_some_and(|e| now >= e)
     }
 }
 
@@ -341,6 +374,15 @@ mod tests {
         assert!(a.key(t0, "1600000000:bob").is_none());
         assert!(a.key(t0, "bob").is_none());
         assert!(a.key(t0, "alice").is_some());
+        assert_eq!(a.expiry("alice"), None, "static users do not expire");
+        assert_eq!(
+            a.expiry("1700000100:bob"),
+            Some(t0 + Duration::from_secs(100))
+        );
+        assert!(!a.expired(t0 + Duration::from_secs(99), "1700000100:bob"));
+        assert!(a.expired(t0 + Duration::from_secs(100), "1700000100:bob"));
+        assert!(a.expired(t0, "bob"), "not a REST name");
+        assert!(a.expired(t0, "1600000000:bob"));
         // The key is the MD5 long-term key over the REST password.
         let pw = rest_password(b"north", "1700000100:bob");
         let k = Key::long_term("1700000100:bob", "example.org", &pw, PasswordAlgorithm::Md5);

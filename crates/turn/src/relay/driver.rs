@@ -252,11 +252,16 @@ impl UdpWorker {
         let mut last_publish = Instant::now();
         // Counted locally, published with the core's counters: no shared atomic per packet.
         let mut received = 0u64;
+        let mut result = Ok(());
         while !self.stop.load(Ordering::Relaxed) {
             let n = match epoll.wait(&mut events, 100u16) {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    // Leave through the cleanup below: quota and relay ports must not leak.
+                    result = Err(e.into());
+                    break;
+                }
             };
             let now = Instant::now();
             for ev in events.iter().take(n) {
@@ -277,11 +282,12 @@ impl UdpWorker {
                 last_publish = now;
             }
         }
-        // Graceful stop: every allocation of this worker goes, with its relay socket.
+        // Graceful stop or failure: every allocation of this worker goes, with its relay
+        // socket and its quota.
         core.close_all(&mut ports);
         core.counters().publish(&self.turn.metrics);
         self.stats.received.fetch_add(received, Ordering::Relaxed);
-        Ok(())
+        result
     }
 
     fn drain_listener(
@@ -463,23 +469,49 @@ pub(crate) struct StreamContext {
     pub(crate) turn: TurnContext,
     pub(crate) responder: Arc<Responder>,
     pub(crate) stats: Arc<Stats>,
+    /// The server's one rate limiter: every frame of a client without an allocation goes
+    /// through it, as on UDP.
+    pub(crate) limiter: Arc<RateLimiter>,
+    /// A connection with neither a complete frame nor an allocation for this long is closed.
     pub(crate) idle: Duration,
+    /// A frame must be complete this long after its first byte arrived (slowloris).
+    pub(crate) frame: Duration,
 }
 
-/// [`proto::stream_frame_len`], with RFC 5766 channel numbers (first byte 0x40-0x7F).
-fn stream_frame_len(bytes: &[u8]) -> Result<Option<usize>, proto::ChannelDataError> {
+/// [`proto::stream_frame_len`], with RFC 5766 channel numbers (first byte 0x50-0x7F) when
+/// `rfc5766_channels` is on; without it those bytes are not a frame anyone may send.
+fn stream_frame_len(
+    bytes: &[u8],
+    rfc5766_channels: bool,
+) -> Result<Option<usize>, proto::ChannelDataError> {
     match bytes.first() {
-        Some(0x50..=0x7F) => Ok(bytes.get(..proto::CHANNEL_DATA_HEADER).map(|h| {
-            proto::ChannelData::wire_len(usize::from(u16::from_be_bytes([h[2], h[3]])), true)
-        })),
+        Some(0x50..=0x7F) if rfc5766_channels => {
+            Ok(bytes.get(..proto::CHANNEL_DATA_HEADER).map(|h| {
+                proto::ChannelData::wire_len(usize::from(u16::from_be_bytes([h[2], h[3]])), true)
+            }))
+        }
         _ => proto::stream_frame_len(bytes),
     }
 }
 
 /// Largest frame on a TURN stream: a STUN message or ChannelData of at most 64 KiB.
 const MAX_STREAM_FRAME: usize = 65_536 + proto::CHANNEL_DATA_HEADER + 4;
+/// Bytes a connection's read buffer starts with; it grows to the frame being read (and at
+/// most [`MAX_STREAM_FRAME`] plus one read) only when a frame needs it.
+const STREAM_BUF_START: usize = 2048;
+
+/// Why a stream connection is closed by the server.
+fn closing(kind: io::ErrorKind, why: &'static str) -> io::Error {
+    io::Error::new(kind, why)
+}
 
 /// Serve one TCP or TLS connection until it closes, carrying at most one allocation.
+///
+/// The protections of the Binding-only TCP path apply here too: a partial frame must be
+/// complete within the frame deadline; the idle clock is reset by complete frames (and by a
+/// live allocation), never by single bytes; frames of a client without an allocation go
+/// through the shared rate limiter (over the limit: the connection is closed, freeing its
+/// slot); buffers start small and grow only as frames need.
 pub(crate) async fn stream_connection<S>(
     stream: S,
     five: FiveTuple,
@@ -492,23 +524,38 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut core = Server::new(ctx.turn.shared.clone(), instance);
+    let rfc5766 = ctx.turn.shared.config.rfc5766_channels;
     let mut ports = StreamPorts {
         ctx: ctx.turn.clone(),
         sockets: vec![],
     };
-    let mut buf = vec![0u8; MAX_STREAM_FRAME * 2];
-    let mut out = vec![0u8; MAX_STREAM_FRAME + HEADROOM];
-    let mut pbuf = vec![0u8; MAX_DATAGRAM];
+    let mut buf = vec![0u8; STREAM_BUF_START];
+    // Allocated on first use: the answer buffer with the first frame, the relay buffer with
+    // the first relay socket.
+    let mut out: Vec<u8> = Vec::new();
+    let mut pbuf: Vec<u8> = Vec::new();
     let mut have = 0;
     let mut last_activity = Instant::now();
+    // When the partial frame in `buf` began: it must be complete by then + ctx.frame.
+    let mut frame_started: Option<Instant> = None;
     let result: io::Result<()> = async {
         loop {
-            let next_timer = core.poll_timeout();
-            let idle_deadline = last_activity + ctx.idle;
-            let wake = match next_timer {
-                Some(t) => t.min(idle_deadline),
-                None => idle_deadline,
-            };
+            let mut wake = last_activity + ctx.idle;
+            if let Some(t) = core.poll_timeout() {
+                wake = wake.min(t);
+            }
+            if let Some(t) = frame_started {
+                wake = wake.min(t + ctx.frame);
+            }
+            if have == buf.len() {
+                // The frame being read is longer than the buffer (checked against
+                // MAX_STREAM_FRAME below): make room for it.
+                let want = match stream_frame_len(&buf[..have], rfc5766) {
+                    Ok(Some(l)) => l.max(have + 1),
+                    _ => have + 1,
+                };
+                buf.resize(want.min(MAX_STREAM_FRAME).max(have + 1), 0);
+            }
             tokio::select! {
                 r = rd.read(&mut buf[have..]) => {
                     let n = r?;
@@ -516,10 +563,11 @@ where
                         return Ok(());
                     }
                     have += n;
-                    last_activity = Instant::now();
+                    let now = Instant::now();
+                    frame_started.get_or_insert(now);
                     let mut start = 0;
                     loop {
-                        let len = match stream_frame_len(&buf[start..have]) {
+                        let len = match stream_frame_len(&buf[start..have], rfc5766) {
                             Ok(Some(l)) => l,
                             Ok(None) => break,
                             Err(e) => {
@@ -528,15 +576,27 @@ where
                             }
                         };
                         if len > MAX_STREAM_FRAME {
-                            return Err(io::Error::new(io::ErrorKind::InvalidData, "frame too large"));
+                            return Err(closing(io::ErrorKind::InvalidData, "frame too large"));
                         }
                         if have - start < len {
                             break;
                         }
                         let frame = &buf[start..start + len];
                         start += len;
+                        // A complete frame: the connection is active, and what follows (if
+                        // anything) is the start of the next frame.
+                        last_activity = now;
+                        frame_started = (have > start).then_some(now);
                         ctx.stats.received.fetch_add(1, Ordering::Relaxed);
-                        let now = Instant::now();
+                        let exempt = core.framing(frame) == proto::Framing::ChannelData
+                            || core.has_allocation(&five);
+                        if !exempt && !ctx.limiter.allow(now, five.client.ip()) {
+                            ctx.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                            return Err(io::Error::other("rate limited"));
+                        }
+                        if out.is_empty() {
+                            out.resize(MAX_STREAM_FRAME + HEADROOM, 0);
+                        }
                         match core.handle_client(now, &mut ports, five, frame, &mut out) {
                             Output::None => {}
                             Output::Client { len } => wr.write_all(&out[..len]).await?,
@@ -562,9 +622,14 @@ where
                     }
                     buf.copy_within(start..have, 0);
                     have -= start;
+                    if have == 0 && buf.len() > STREAM_BUF_START {
+                        // A large frame passed: give its memory back.
+                        buf.truncate(STREAM_BUF_START);
+                        buf.shrink_to_fit();
+                    }
                     core.counters().publish(&ctx.turn.metrics);
                 }
-                (relay, peer, n) = ports.recv(&mut pbuf), if !ports.sockets.is_empty() => {
+                (relay, peer, n) = ports.recv(&mut pbuf), if !ports.sockets.is_empty() && !pbuf.is_empty() => {
                     let now = Instant::now();
                     if let Some(to) = core.handle_peer(now, relay, peer, &pbuf[..n], &mut out) {
                         wr.write_all(&out[..to.len]).await?;
@@ -573,16 +638,23 @@ where
                 }
                 () = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
+                    if frame_started.is_some_and(|t| now >= t + ctx.frame) {
+                        ctx.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        return Err(closing(io::ErrorKind::TimedOut, "incomplete frame"));
+                    }
                     core.handle_timeout(now, &mut ports);
-                    // Idle means no traffic and no allocation left to keep alive.
+                    // Idle means no complete frame and no allocation left to keep alive.
                     if core.allocations() == 0 && now >= last_activity + ctx.idle {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "idle"));
+                        return Err(closing(io::ErrorKind::TimedOut, "idle"));
                     }
                     if core.allocations() > 0 {
                         last_activity = now;
                     }
                     core.counters().publish(&ctx.turn.metrics);
                 }
+            }
+            if !ports.sockets.is_empty() && pbuf.is_empty() {
+                pbuf.resize(MAX_DATAGRAM, 0);
             }
         }
     }
@@ -591,4 +663,22 @@ where
     core.close_all(&mut ports);
     core.counters().publish(&ctx.turn.metrics);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_framing_follows_rfc5766_channels() {
+        // 0x5000: ChannelData with RFC 5766 numbers, a framing error without them (a stream
+        // cannot be re-synchronised, so the connection is closed).
+        let cd = [0x50, 0x00, 0x00, 0x05, 1, 2, 3, 4, 5];
+        assert_eq!(stream_frame_len(&cd, true), Ok(Some(12)));
+        assert!(stream_frame_len(&cd, false).is_err());
+        let cd = [0x40, 0x00, 0x00, 0x05];
+        assert_eq!(stream_frame_len(&cd, false), Ok(Some(12)));
+        assert_eq!(stream_frame_len(&[0x7F], true), Ok(None));
+        assert!(stream_frame_len(&[0x7F], false).is_err());
+    }
 }

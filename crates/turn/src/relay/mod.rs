@@ -175,6 +175,19 @@ pub struct Shared {
     pub quota: Quota,
 }
 
+/// Largest ratio of an unauthenticated UDP answer to its request, both counted on the wire
+/// with IP and UDP headers: the Binding responder's default bound, kept by every TURN error
+/// answer to a source without credentials (401, 438, 400, 420).
+pub const AMPLIFICATION: usize = 3;
+
+/// IP + UDP header bytes of a datagram to or from `addr`.
+const fn wire_overhead(addr: &SocketAddr) -> usize {
+    match addr {
+        SocketAddr::V4(_) => 20 + 8,
+        SocketAddr::V6(_) => 40 + 8,
+    }
+}
+
 /// How often expired state is swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -302,16 +315,31 @@ const UNDERSTOOD: &[u16] = &[
     attr::REQUESTED_ADDRESS_FAMILY,
     attr::EVEN_PORT,
     attr::REQUESTED_TRANSPORT,
-    attr::DONT_FRAGMENT,
+    // Not DONT-FRAGMENT: relay sockets are shared by every peer of an allocation and the
+    // driver cannot set DF per datagram, so it is unsupported and, as RFC 8656 §7.2 says,
+    // treated as an unknown comprehension-required attribute (420; Send indications with it
+    // are discarded, §11.2).
     attr::RESERVATION_TOKEN,
     attr::FINGERPRINT,
 ];
 
-/// Result of authentication: the username, its key and the integrity kind to answer with.
+/// Result of authentication: the username, its key, the integrity kind to answer with and
+/// when the credential expires (REST credentials).
 struct Authed {
     username: Box<str>,
     key: Key,
     integrity: Integrity,
+    expires: Option<Instant>,
+}
+
+impl Authed {
+    /// `lifetime` from `now`, cut so it ends when the credential does.
+    fn cap(&self, now: Instant, lifetime: Duration) -> Duration {
+        match self.expires {
+            Some(e) => lifetime.min(e.saturating_duration_since(now)),
+            None => lifetime,
+        }
+    }
 }
 
 /// An error response to write.
@@ -456,6 +484,7 @@ impl Server {
         self.by_client.remove(&a.five);
         for r in a.relays.iter().flatten() {
             self.by_relay.remove(r);
+            self.shared.policy.live.remove(*r);
             ports.release(*r);
         }
         self.shared.quota.release(&a.username);
@@ -605,6 +634,11 @@ impl Server {
             self.counters.drop(DropReason::Malformed);
             return Output::None;
         };
+        if msg.get(attr::DONT_FRAGMENT).is_some() {
+            // Unsupported (see UNDERSTOOD): the datagram cannot be sent with DF set.
+            self.counters.drop(DropReason::Other);
+            return Output::None;
+        }
         if !a.permitted(now, peer.ip()) {
             self.counters.drop(DropReason::NoPermission);
             return Output::None;
@@ -714,12 +748,16 @@ impl Server {
         }
         if n_unknown > 0 {
             let types = &unknown[..n_unknown];
+            let extra = MessageWriter::attribute_size(2 * types.len());
+            let Some(reason) = self.bounded_reason(msg, five, "Unknown Attribute", extra) else {
+                return Output::None;
+            };
             return self.write(
                 out,
                 msg,
                 None,
                 |w| {
-                    w.error_code(420, "Unknown Attribute")?;
+                    w.error_code(420, reason)?;
                     w.unknown_attributes(types)
                 },
                 Some(420),
@@ -774,7 +812,7 @@ impl Server {
             );
         }
         let r = match method {
-            proto::REFRESH => self.refresh(now, ports, i, msg),
+            proto::REFRESH => self.refresh(now, ports, i, msg, &authed),
             proto::CREATE_PERMISSION => self.create_permission(now, i, msg),
             _ => self.channel_bind(now, i, msg),
         };
@@ -803,6 +841,14 @@ impl Server {
         msg: &Message<'_>,
     ) -> Result<Authed, auth::AuthFailure> {
         use auth::AuthFailure;
+        // RFC 8489 length limits, before anything hashes these values.
+        let too_long = |t: u16, max: usize| msg.get(t).is_some_and(|a| a.value.len() >= max);
+        if too_long(attr::USERNAME, auth::MAX_USERNAME)
+            || too_long(attr::REALM, auth::MAX_REALM_NONCE)
+            || too_long(attr::NONCE, auth::MAX_REALM_NONCE)
+        {
+            return Err(AuthFailure::TooLong);
+        }
         let sha256 = msg.get(attr::MESSAGE_INTEGRITY_SHA256).is_some();
         if !sha256 && msg.get(attr::MESSAGE_INTEGRITY).is_none() {
             return Err(AuthFailure::Challenge);
@@ -822,6 +868,12 @@ impl Server {
             self.counters.auth_failures += 1;
             return Err(AuthFailure::Unauthorized);
         };
+        // A REST credential expires for its allocation too: checked on every request, not
+        // only when the key is derived.
+        if auth.expired(now, username) {
+            self.counters.auth_failures += 1;
+            return Err(AuthFailure::Unauthorized);
+        }
         let cached = self
             .by_client
             .get(&five)
@@ -841,6 +893,7 @@ impl Server {
                 } else {
                     Integrity::Sha1
                 },
+                expires: auth.expiry(username),
             }),
             Err(_) => {
                 self.counters.auth_failures += 1;
@@ -959,15 +1012,12 @@ impl Server {
         let lifetime = match msg.get(attr::LIFETIME).map(|a| a.value) {
             Some(&[a, b, c, d]) => {
                 let asked = Duration::from_secs(u64::from(u32::from_be_bytes([a, b, c, d])));
-                if asked.is_zero() {
-                    cfg.default_lifetime
-                } else {
-                    asked.min(cfg.max_lifetime)
-                }
+                grant_lifetime(cfg, asked)
             }
             Some(_) => return Err(fail(400, "Bad Request: bad LIFETIME")),
             None => cfg.default_lifetime,
         };
+        let lifetime = authed.cap(now, lifetime);
         if !self.shared.quota.try_acquire(&authed.username) {
             return Err(fail(486, "Allocation Quota Reached"));
         }
@@ -1019,6 +1069,7 @@ impl Server {
         self.by_client.insert(five, i);
         for r in relays.iter().flatten() {
             self.by_relay.insert(*r, i);
+            self.shared.policy.live.insert(*r);
         }
         let secs = u32::try_from(lifetime.as_secs()).unwrap_or(u32::MAX);
         Ok((relays, secs, address_error))
@@ -1070,6 +1121,7 @@ impl Server {
         ports: &mut P,
         i: usize,
         msg: &Message<'_>,
+        authed: &Authed,
     ) -> Result<Option<u32>, Failure> {
         let cfg = &self.shared.config;
         let asked = match msg.get(attr::LIFETIME).map(|a| a.value) {
@@ -1077,14 +1129,30 @@ impl Server {
             Some(_) => return Err(fail(400, "Bad Request: bad LIFETIME")),
             None => None,
         };
+        // §8.2: a REQUESTED-ADDRESS-FAMILY the allocation has no relay of is a mismatch
+        // (checked before LIFETIME 0 deletes anything).
+        if let Some(f) = msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            let v4 = match f.value {
+                [proto::FAMILY_IPV4, 0, 0, 0] => true,
+                [proto::FAMILY_IPV6, 0, 0, 0] => false,
+                _ => return Err(fail(400, "Bad Request: bad REQUESTED-ADDRESS-FAMILY")),
+            };
+            let Some(a) = self.slots.get(i).and_then(Option::as_ref) else {
+                return Err(fail(437, "Allocation Mismatch"));
+            };
+            if !a.relays.iter().flatten().any(|r| r.is_ipv4() == v4) {
+                return Err(fail(443, "Peer Address Family Mismatch"));
+            }
+        }
         if asked == Some(0) {
             self.counters.allocations_deleted += 1;
             self.remove(i, ports);
             return Ok(Some(0));
         }
-        let lifetime = asked
-            .map_or(cfg.default_lifetime, |s| Duration::from_secs(u64::from(s)))
-            .min(cfg.max_lifetime);
+        let lifetime = asked.map_or(cfg.default_lifetime, |s| {
+            grant_lifetime(cfg, Duration::from_secs(u64::from(s)))
+        });
+        let lifetime = authed.cap(now, lifetime);
         let Some(a) = self.slots.get_mut(i).and_then(Option::as_mut) else {
             return Err(fail(437, "Allocation Mismatch"));
         };
@@ -1222,6 +1290,7 @@ impl Server {
         let code = why.code();
         let reason = match why {
             auth::AuthFailure::BadRequest => "Bad Request: missing USERNAME, REALM or NONCE",
+            auth::AuthFailure::TooLong => "Bad Request: USERNAME, REALM or NONCE too long",
             auth::AuthFailure::StaleNonce => "Stale Nonce",
             _ => "Unauthorized",
         };
@@ -1241,6 +1310,19 @@ impl Server {
         let mut nonce_buf = [0u8; 64];
         // Unauthenticated errors carry a fresh nonce and the realm so the client can retry.
         let challenge = authed.is_none() && matches!(f.code, 401 | 438);
+        let mut reason = f.reason;
+        if authed.is_none() {
+            let extra = if challenge {
+                MessageWriter::attribute_size(shared.auth.realm().len())
+                    + MessageWriter::attribute_size(auth::NONCE_LEN)
+            } else {
+                0
+            };
+            match self.bounded_reason(msg, five, f.reason, extra) {
+                Some(r) => reason = r,
+                None => return Output::None,
+            }
+        }
         let nonce = if challenge {
             shared.auth.nonce(now, five.client, &mut nonce_buf)
         } else {
@@ -1251,7 +1333,7 @@ impl Server {
             msg,
             authed,
             |w| {
-                w.error_code(f.code, f.reason)?;
+                w.error_code(f.code, reason)?;
                 if challenge {
                     w.attribute(attr::REALM, shared.auth.realm().as_bytes())?;
                     w.attribute(attr::NONCE, nonce.as_bytes())?;
@@ -1260,6 +1342,44 @@ impl Server {
             },
             Some(f.code),
         )
+    }
+
+    /// The reason phrase an unauthenticated UDP error answer to `msg` can carry within the
+    /// amplification bound: `reason`, or "" when that is too long, or `None` (drop the
+    /// answer, counted) when even the bare answer is too large. `extra` is what the answer
+    /// carries besides the header, ERROR-CODE and FINGERPRINT.
+    fn bounded_reason(
+        &mut self,
+        msg: &Message<'_>,
+        five: FiveTuple,
+        reason: &'static str,
+        extra: usize,
+    ) -> Option<&'static str> {
+        if five.transport != Transport::Udp {
+            return Some(reason);
+        }
+        let overhead = wire_overhead(&five.client);
+        let limit = AMPLIFICATION * (msg.as_bytes().len() + overhead);
+        let fingerprint = if msg.get(attr::FINGERPRINT).is_some() {
+            MessageWriter::attribute_size(4)
+        } else {
+            0
+        };
+        let size = |r: &str| {
+            overhead
+                + wire::HEADER_LEN
+                + MessageWriter::attribute_size(4 + r.len().min(128))
+                + extra
+                + fingerprint
+        };
+        if size(reason) <= limit {
+            Some(reason)
+        } else if size("") <= limit {
+            Some("")
+        } else {
+            self.counters.drop(DropReason::Other);
+            None
+        }
     }
 
     /// Write a response: success when `error` is `None`. Integrity when authenticated;
@@ -1306,6 +1426,14 @@ impl Server {
             }
         }
     }
+}
+
+/// The lifetime granted for a non-zero request (RFC 8656 §7.2, §8.2): the requested one capped
+/// at the maximum, but never less than the default.
+fn grant_lifetime(cfg: &RelayConfig, asked: Duration) -> Duration {
+    asked
+        .min(cfg.max_lifetime)
+        .max(cfg.default_lifetime.min(cfg.max_lifetime))
 }
 
 /// [`ChannelData::parse`] with channel numbers up to `max`.

@@ -103,10 +103,23 @@ impl Rig {
     }
 
     fn with(config: RelayConfig, quota: Quota, pool: Pool) -> Rig {
+        Rig::build(config, quota, pool, policy())
+    }
+
+    fn with_policy(policy: PeerPolicy) -> Rig {
+        Rig::build(
+            RelayConfig::default(),
+            Quota::new(0, 0),
+            Pool::new(50000..=50009, false),
+            policy,
+        )
+    }
+
+    fn build(config: RelayConfig, quota: Quota, pool: Pool, policy: PeerPolicy) -> Rig {
         let t0 = Instant::now();
         Rig {
             t0,
-            server: Server::new(shared_with(t0, config, quota, policy()), 0),
+            server: Server::new(shared_with(t0, config, quota, policy), 0),
             pool,
             out: vec![0u8; 2048],
         }
@@ -179,7 +192,7 @@ impl Client {
     }
 
     fn id(&mut self) -> TransactionId {
-        self.seq += 1;
+        self.seq = self.seq.wrapping_add(1);
         let mut id = [self.seq; 12];
         id[0] = self.five.client.port() as u8;
         id
@@ -312,10 +325,20 @@ fn allocate_nonce_dance_and_no_state_before_authentication() {
         "a challenge is not a failure"
     );
     c.challenge = Some(ch);
+    // DONT-FRAGMENT is not supported (the relay cannot set DF per datagram): 420 (§7.2).
     let req = c.request(proto::ALLOCATE, &|w| {
         udp(w);
         w.attribute(attr::DONT_FRAGMENT, &[]).unwrap();
     });
+    let resp = rig.ask(t0, c.five, &req);
+    assert_eq!(code_of(&resp), Some(420));
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(
+        m.get(attr::UNKNOWN_ATTRIBUTES).unwrap().value,
+        attr::DONT_FRAGMENT.to_be_bytes()
+    );
+    assert_eq!(rig.server.table_sizes(), (0, 0, 0));
+    let req = c.request(proto::ALLOCATE, &udp);
     let resp = rig.ask(t0, c.five, &req);
     let m = Message::parse(&resp).unwrap();
     assert_eq!(m.class(), Class::Success);
@@ -942,6 +965,109 @@ fn garbage_never_panics_and_stores_nothing() {
     assert_eq!(rig.server.shared().quota.live(), 0);
 }
 
+/// Random attributes in correctly signed requests from the 5-tuple the nonce was issued to:
+/// the authenticated paths (Allocate, Refresh, CreatePermission, ChannelBind, Send, ChannelData)
+/// see hostile values. Nothing panics, tables stay within the caps, everything is freed.
+#[test]
+fn signed_garbage_reaches_the_authenticated_paths() {
+    let mut rig = Rig::new();
+    let t0 = rig.t0;
+    let mut seed = 0x9E37_79B9_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut c = Client::new(five(4000), "alice", "pw-a");
+    c.learn(&mut rig, t0);
+    let types = [
+        attr::LIFETIME,
+        attr::XOR_PEER_ADDRESS,
+        attr::CHANNEL_NUMBER,
+        attr::REQUESTED_TRANSPORT,
+        attr::REQUESTED_ADDRESS_FAMILY,
+        proto::ATTR_ADDITIONAL_ADDRESS_FAMILY,
+        attr::EVEN_PORT,
+        attr::RESERVATION_TOKEN,
+        attr::DATA,
+        attr::DONT_FRAGMENT,
+        0x0077,
+    ];
+    let methods = [
+        proto::ALLOCATE,
+        proto::REFRESH,
+        proto::CREATE_PERMISSION,
+        proto::CHANNEL_BIND,
+        0x00F,
+    ];
+    let (mut successes, mut codes) = (0, HashSet::new());
+    for i in 0..4000u64 {
+        let now = t0 + Duration::from_millis(i * 250);
+        let r = next();
+        let method = methods[(r % methods.len() as u64) as usize];
+        let mut attrs: Vec<(u16, Vec<u8>)> = vec![];
+        for k in 0..(r >> 8) % 4 {
+            let t = types[((next() >> k) % types.len() as u64) as usize];
+            let len = [0usize, 1, 4, 8, 20][(next() % 5) as usize];
+            let mut v: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if next() % 2 == 0 {
+                // Often well-formed: a plausible value of the right shape.
+                match t {
+                    attr::REQUESTED_TRANSPORT => v = vec![17, 0, 0, 0],
+                    attr::CHANNEL_NUMBER => v = vec![0x40, next() as u8 % 4, 0, 0],
+                    attr::LIFETIME => v = ((next() % 4) as u32 * 300).to_be_bytes().to_vec(),
+                    _ => {}
+                }
+            }
+            attrs.push((t, v));
+        }
+        if method == proto::ALLOCATE && next() % 2 == 0 {
+            attrs.push((attr::REQUESTED_TRANSPORT, vec![17, 0, 0, 0]));
+        }
+        let addr = SocketAddr::new(format!("198.51.100.{}", next() % 4).parse().unwrap(), 7000);
+        let req = c.request(method, &|w| {
+            if method == proto::CREATE_PERMISSION || method == proto::CHANNEL_BIND {
+                w.address(attr::XOR_PEER_ADDRESS, addr).unwrap();
+            }
+            for (t, v) in &attrs {
+                w.attribute(*t, v).unwrap();
+            }
+        });
+        let resp = rig.ask(now, c.five, &req);
+        match code_of(&resp) {
+            None => successes += 1,
+            Some(code) => {
+                codes.insert(code);
+            }
+        }
+        // Relayed traffic with random shapes on the same 5-tuple.
+        let data = channel_data_raw(0x4000 + (next() % 4) as u16, &[1, 2, 3]);
+        let _ = rig.send(now, c.five, &data);
+        let ind = send_indication(&mut c, addr, b"x");
+        let _ = rig.send(now, c.five, &ind);
+        for relay in rig.server.relay_addresses(&c.five) {
+            let _ = rig.peer_in(now, relay, addr, b"y");
+        }
+        rig.tick(now);
+        let (allocs, perms, chans) = rig.server.table_sizes();
+        assert!(allocs <= 2 && perms <= 64 && chans <= 64);
+    }
+    // The authenticated paths were reached: successes, and errors only they produce.
+    assert!(successes > 100, "{successes} successes");
+    for code in [437, 440, 508, 420] {
+        assert!(codes.contains(&code), "no {code} among {codes:?}");
+    }
+    assert!(
+        !codes.contains(&401),
+        "signed requests authenticate: {codes:?}"
+    );
+    rig.close();
+    assert_eq!(rig.server.table_sizes(), (0, 0, 0));
+    assert_eq!(rig.server.shared().quota.live(), 0);
+    assert!(rig.pool.live.is_empty());
+}
+
 fn at(t0: Instant, secs: u64) -> Instant {
     t0 + Duration::from_secs(secs)
 }
@@ -987,4 +1113,441 @@ fn channel_data_raw(n: u16, data: &[u8]) -> Vec<u8> {
     v.extend_from_slice(&(data.len() as u16).to_be_bytes());
     v.extend_from_slice(data);
     v
+}
+
+/// Append an attribute to a signed message, fixing the length: what an on-path attacker who
+/// captured a request can do without the key.
+fn append_raw(mut msg: Vec<u8>, t: u16, v: &[u8]) -> Vec<u8> {
+    msg.extend_from_slice(&t.to_be_bytes());
+    msg.extend_from_slice(&(v.len() as u16).to_be_bytes());
+    msg.extend_from_slice(v);
+    while msg.len() % 4 != 0 {
+        msg.push(0);
+    }
+    let l = (msg.len() - 20) as u16;
+    msg[2..4].copy_from_slice(&l.to_be_bytes());
+    msg
+}
+
+fn xor_peer_value(p: SocketAddr, id: &TransactionId) -> Vec<u8> {
+    let mut buf = vec![0u8; 64];
+    let mut w =
+        MessageWriter::new(&mut buf, message_type(proto::SEND, Class::Indication), id).unwrap();
+    w.address(attr::XOR_PEER_ADDRESS, p).unwrap();
+    let n = w.finish();
+    buf[24..n].to_vec()
+}
+
+#[test]
+fn attributes_appended_after_integrity_are_ignored_rfc8489_14_5() {
+    let mut rig = Rig::new();
+    let t0 = rig.t0;
+    let (mut c, _) = allocated(&mut rig, 4000, "alice", "pw-a");
+    let p = peer("198.51.100.20:7000");
+    let evil = peer("192.0.2.99:53");
+    // A captured CreatePermission for p with a second XOR-PEER-ADDRESS appended.
+    let req = c.request(proto::CREATE_PERMISSION, &|w| {
+        w.address(attr::XOR_PEER_ADDRESS, p).unwrap();
+    });
+    let id: TransactionId = req[8..20].try_into().unwrap();
+    let tampered = append_raw(req, attr::XOR_PEER_ADDRESS, &xor_peer_value(evil, &id));
+    assert_eq!(code_of(&rig.ask(t0, c.five, &tampered)), None);
+    let s = send_indication(&mut c, evil, b"x");
+    assert_eq!(
+        rig.send(t0, c.five, &s),
+        Output::None,
+        "no permission for evil"
+    );
+    let s = send_indication(&mut c, p, b"x");
+    assert!(relayed(&rig.send(t0, c.five, &s), &s).is_some());
+    // A captured Refresh with LIFETIME 0 appended is a plain refresh, not a delete.
+    let req = c.request(proto::REFRESH, &|_| {});
+    let tampered = append_raw(req, attr::LIFETIME, &0u32.to_be_bytes());
+    let resp = rig.ask(t0, c.five, &tampered);
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.class(), Class::Success);
+    assert_eq!(m.get(attr::LIFETIME).unwrap().value, 600u32.to_be_bytes());
+    assert_eq!(rig.server.allocations(), 1);
+    // An unknown comprehension-required attribute after the signature is ignored too.
+    let req = c.request(proto::REFRESH, &|_| {});
+    let tampered = append_raw(req, 0x0077, &[0; 4]);
+    assert_eq!(code_of(&rig.ask(t0, c.five, &tampered)), None);
+}
+
+#[test]
+fn only_live_relay_addresses_are_exempt_and_deny_list_wins() {
+    let mut rig = Rig::new();
+    let t0 = rig.t0;
+    let (mut a, relay_a) = allocated(&mut rig, 4000, "alice", "pw-a");
+    let (_b, relay_b) = allocated(&mut rig, 4001, "bob", "pw-b");
+    assert_eq!(permit(&mut rig, &mut a, t0, relay_b), None, "a live relay");
+    // Another port of the relay range with no allocation behind it: the relay IP is the
+    // server's own, so no (it could be any service of the host).
+    let idle = (50000..=50009)
+        .map(|p| SocketAddr::new(relay_a.ip(), p))
+        .find(|r| *r != relay_a && *r != relay_b)
+        .unwrap();
+    assert_eq!(permit(&mut rig, &mut a, t0, idle), Some(403));
+    assert_eq!(
+        permit(&mut rig, &mut a, t0, peer("203.0.113.1:53")),
+        Some(403),
+        "own IP, other port"
+    );
+    assert_eq!(
+        permit(&mut rig, &mut a, t0, peer("203.0.113.1:3478")),
+        Some(403),
+        "service port"
+    );
+    // Once bob's allocation is gone, its relay address is just a port of the server again.
+    let mut bob = Client::new(five(4001), "bob", "pw-b");
+    bob.learn(&mut rig, t0);
+    let req = bob.request(proto::REFRESH, &|w| {
+        w.u32_attribute(attr::LIFETIME, 0).unwrap()
+    });
+    assert_eq!(code_of(&rig.ask(t0, bob.five, &req)), None);
+    assert_eq!(permit(&mut rig, &mut a, t0, relay_b), Some(403));
+    assert!(!rig.server.shared().policy.live.contains(relay_b));
+    assert!(rig.server.shared().policy.live.contains(relay_a));
+    // The deny list beats the exemption.
+    let mut p = policy();
+    p.deny.push("203.0.113.0/24".parse().unwrap());
+    let mut rig = Rig::with_policy(p);
+    let t0 = rig.t0;
+    let (mut a, _) = allocated(&mut rig, 4000, "alice", "pw-a");
+    let (_b, relay_b) = allocated(&mut rig, 4001, "bob", "pw-b");
+    assert_eq!(permit(&mut rig, &mut a, t0, relay_b), Some(403));
+}
+
+#[test]
+fn rest_credentials_expire_for_existing_allocations_too() {
+    let mut rig = Rig::new();
+    let t0 = rig.t0;
+    // Valid for 100 s from t0 (unix_at_epoch is 1_700_000_000).
+    let user = "1700000100:carol";
+    let pw = auth::rest_password(b"s3cret", user);
+    let (mut c, _) = allocated(&mut rig, 4000, user, &pw);
+    // Granted lifetimes end with the credential: 100 s, not 600 s or 3600 s.
+    let refresh = |rig: &mut Rig, c: &mut Client, now: Instant| {
+        let req = c.request(proto::REFRESH, &|w| {
+            w.u32_attribute(attr::LIFETIME, 3600).unwrap()
+        });
+        rig.ask(now, c.five, &req)
+    };
+    let resp = refresh(&mut rig, &mut c, at(t0, 40));
+    let m = Message::parse(&resp).unwrap();
+    assert_eq!(m.class(), Class::Success);
+    assert_eq!(m.get(attr::LIFETIME).unwrap().value, 60u32.to_be_bytes());
+    let p = peer("198.51.100.20:7000");
+    assert_eq!(permit(&mut rig, &mut c, at(t0, 99), p), None);
+    // Expired: 401 on every request, even with the key the allocation holds.
+    assert_eq!(code_of(&refresh(&mut rig, &mut c, at(t0, 100))), Some(401));
+    assert_eq!(permit(&mut rig, &mut c, at(t0, 150), p), Some(401));
+    assert_eq!(bind(&mut rig, &mut c, at(t0, 150), 0x4000, p), Some(401));
+    // And the allocation dies with it.
+    rig.tick(at(t0, 101));
+    assert_eq!(rig.server.allocations(), 0);
+    assert_eq!(rig.server.shared().quota.live(), 0);
+    // A first Allocate is capped too.
+    let user = "1700000030:dave";
+    let pw = auth::rest_password(b"s3cret", user);
+    let mut c = Client::new(five(4001), user, &pw);
+    c.learn(&mut rig, t0);
+    let req = c.request(proto::ALLOCATE, &udp);
+    let m_bytes = rig.ask(t0, c.five, &req);
+    let m = Message::parse(&m_bytes).unwrap();
+    assert_eq!(m.get(attr::LIFETIME).unwrap().value, 30u32.to_be_bytes());
+}
+
+#[test]
+fn per_user_quota_counts_rest_credentials_of_one_user_together() {
+    let mut rig = Rig::with(
+        RelayConfig::default(),
+        Quota::new(1, 0),
+        Pool::new(50000..=50009, false),
+    );
+    let t0 = rig.t0;
+    let pw = |u: &str| auth::rest_password(b"s3cret", u);
+    allocated(&mut rig, 4000, "1700000100:carol", &pw("1700000100:carol"));
+    for (i, u) in ["1700000101:carol", "1700000102:carol"].iter().enumerate() {
+        let mut c = Client::new(five(4001 + i as u16), u, &pw(u));
+        c.learn(&mut rig, t0);
+        let req = c.request(proto::ALLOCATE, &udp);
+        assert_eq!(code_of(&rig.ask(t0, c.five, &req)), Some(486), "{u}");
+    }
+    allocated(&mut rig, 4010, "1700000100:dave", &pw("1700000100:dave"));
+    assert_eq!(rig.server.allocations(), 2);
+    rig.close();
+    assert_eq!(rig.server.shared().quota.live(), 0);
+    assert_eq!(rig.server.shared().quota.users(), 0);
+}
+
+#[test]
+fn oversized_username_realm_nonce_get_400_before_any_cryptography() {
+    let mut rig = Rig::new();
+    let t0 = rig.t0;
+    let mut c = Client::new(five(4000), "x", "y");
+    c.learn(&mut rig, t0);
+    let nonce = c.challenge.as_ref().unwrap().nonce.clone();
+    let req = |user: &[u8], realm: &[u8], nonce: &[u8]| {
+        let mut buf = vec![0u8; 8192];
+        let mut w = MessageWriter::new(
+            &mut buf,
+            message_type(proto::ALLOCATE, Class::Request),
+            &[3; 12],
+        )
+        .unwrap();
+        udp(&mut w);
+        w.attribute(attr::USERNAME, user).unwrap();
+        w.attribute(attr::REALM, realm).unwrap();
+        w.attribute(attr::NONCE, nonce).unwrap();
+        w.attribute(attr::MESSAGE_INTEGRITY, &[0u8; 20]).unwrap();
+        let n = w.finish();
+        buf.truncate(n);
+        buf
+    };
+    let long_user = format!("9999999999:{}", "a".repeat(502));
+    assert_eq!(long_user.len(), 513);
+    let ok_user = &long_user[..512];
+    let realm = REALM.as_bytes();
+    let n = nonce.as_bytes();
+    type Case<'a> = (&'a [u8], &'a [u8], &'a [u8], u16);
+    let cases: [Case<'_>; 6] = [
+        (long_user.as_bytes(), realm, n, 400),
+        (ok_user.as_bytes(), realm, n, 401),
+        (b"alice", &[b'r'; 763], n, 400),
+        (b"alice", &[b'r'; 762], n, 401),
+        (b"alice", realm, &[b'n'; 763], 400),
+        (b"alice", realm, &[b'n'; 762], 438),
+    ];
+    for (i, (u, r, nn, want)) in cases.iter().enumerate() {
+        let resp = rig.ask(t0, c.five, &req(u, r, nn));
+        assert_eq!(code_of(&resp), Some(*want), "case {i}");
+    }
+    // The 400s are not authentication failures: nothing was hashed or looked up for them.
+    assert_eq!(rig.server.counters().auth_failures, 2);
+    assert_eq!(rig.server.table_sizes(), (0, 0, 0));
+}
+
+/// Minimal requests that reach every unauthenticated error path: (what, bytes, code).
+fn minimal_error_requests() -> Vec<(&'static str, Vec<u8>, u16)> {
+    let bare = |method: u16, attrs: &[(u16, &[u8])], fingerprint: bool| {
+        let mut buf = vec![0u8; 2048];
+        let mut w =
+            MessageWriter::new(&mut buf, message_type(method, Class::Request), &[7; 12]).unwrap();
+        for (t, v) in attrs {
+            w.attribute(*t, v).unwrap();
+        }
+        if fingerprint {
+            w.fingerprint().unwrap();
+        }
+        let n = w.finish();
+        buf.truncate(n);
+        buf
+    };
+    let mi: (u16, &[u8]) = (attr::MESSAGE_INTEGRITY, &[0; 20]);
+    let long_user = [b'u'; 513];
+    vec![
+        ("bare Allocate", bare(proto::ALLOCATE, &[], false), 401),
+        (
+            "bare Allocate + FINGERPRINT",
+            bare(proto::ALLOCATE, &[], true),
+            401,
+        ),
+        ("bare Refresh", bare(proto::REFRESH, &[], false), 401),
+        (
+            "bare CreatePermission",
+            bare(proto::CREATE_PERMISSION, &[], false),
+            401,
+        ),
+        (
+            "bare ChannelBind",
+            bare(proto::CHANNEL_BIND, &[], false),
+            401,
+        ),
+        ("unknown method", bare(0x00F, &[], false), 400),
+        (
+            "unknown attribute",
+            bare(proto::ALLOCATE, &[(0x0077, &[])], false),
+            420,
+        ),
+        (
+            "eight unknown attributes",
+            bare(
+                proto::ALLOCATE,
+                &[
+                    (0x0070, &[]),
+                    (0x0071, &[]),
+                    (0x0072, &[]),
+                    (0x0073, &[]),
+                    (0x0074, &[]),
+                    (0x0075, &[]),
+                    (0x0076, &[]),
+                    (0x0077, &[]),
+                ],
+                false,
+            ),
+            420,
+        ),
+        ("integrity only", bare(proto::ALLOCATE, &[mi], false), 400),
+        (
+            "forged nonce",
+            bare(
+                proto::ALLOCATE,
+                &[
+                    (attr::USERNAME, &[]),
+                    (attr::REALM, &[]),
+                    (attr::NONCE, &[]),
+                    mi,
+                ],
+                false,
+            ),
+            438,
+        ),
+        (
+            "long username",
+            bare(proto::ALLOCATE, &[(attr::USERNAME, &long_user), mi], false),
+            400,
+        ),
+    ]
+}
+
+fn rig_with_realm(realm: &str) -> Rig {
+    let t0 = Instant::now();
+    let auth = Authenticator::new(AuthConfig {
+        realm: realm.into(),
+        users: vec![("alice".into(), "pw-a".into())],
+        rest_secret: None,
+        nonce_key: [9; 32],
+        nonce_lifetime: Duration::from_secs(600),
+        epoch: t0,
+        unix_at_epoch: 1_700_000_000,
+    })
+    .unwrap();
+    let shared = Arc::new(Shared {
+        config: RelayConfig::default(),
+        auth,
+        policy: policy(),
+        quota: Quota::new(0, 0),
+    });
+    Rig {
+        t0,
+        server: Server::new(shared, 0),
+        pool: Pool::new(50000..=50009, false),
+        out: vec![0u8; 2048],
+    }
+}
+
+#[test]
+fn unauthenticated_answers_keep_the_3x_amplification_bound_on_the_wire() {
+    let clients = [
+        SocketAddr::new("198.51.100.7".parse().unwrap(), 4000),
+        SocketAddr::new("2001:db8:1::7".parse().unwrap(), 4000),
+    ];
+    let long_realm = "r".repeat(200);
+    for realm in [REALM, "a-realm-of-28-characters-xyz", long_realm.as_str()] {
+        let mut rig = rig_with_realm(realm);
+        let t0 = rig.t0;
+        for client in clients {
+            let five = FiveTuple {
+                client,
+                server: "203.0.113.1:3478".parse().unwrap(),
+                transport: Transport::Udp,
+            };
+            let overhead = if client.is_ipv4() { 28 } else { 48 };
+            for (what, req, code) in minimal_error_requests() {
+                let answer = match rig.send(t0, five, &req) {
+                    Output::Client { len } => Some(rig.out[..len].to_vec()),
+                    Output::None => None,
+                    other => panic!("{what}: {other:?}"),
+                };
+                if let Some(a) = &answer {
+                    assert!(
+                        a.len() + overhead <= 3 * (req.len() + overhead),
+                        "{what} from {client} with realm of {} bytes: {} -> {} bytes",
+                        realm.len(),
+                        req.len(),
+                        a.len()
+                    );
+                    assert_eq!(code_of(a), Some(code), "{what}");
+                }
+                // With a realm of ordinary length every path answers (a client can retry);
+                // only an oversized realm makes the bare requests' challenges go unanswered.
+                if realm.len() <= 28 {
+                    assert!(answer.is_some(), "{what} from {client}: no answer");
+                }
+            }
+        }
+        assert_eq!(rig.server.table_sizes(), (0, 0, 0));
+    }
+    // Over TCP the bound does not apply (the handshake proved the address): full answers.
+    let mut rig = rig_with_realm(&long_realm);
+    let five = FiveTuple {
+        transport: Transport::Tcp,
+        ..five(4000)
+    };
+    let (_, req, _) = &minimal_error_requests()[0];
+    let t0 = rig.t0;
+    let a = rig.ask(t0, five, req);
+    assert!(Challenge::from_message(&Message::parse(&a).unwrap()).is_some());
+}
+
+#[test]
+fn rfc8656_lifetime_floor_refresh_family_and_dont_fragment_on_send() {
+    let mut rig = Rig::new();
+    let t0 = rig.t0;
+    let lifetime_of = |resp: &[u8]| {
+        let m = Message::parse(resp).unwrap();
+        assert_eq!(m.class(), Class::Success, "{:?}", error_code(&m));
+        let v = m.get(attr::LIFETIME).unwrap().value;
+        u32::from_be_bytes([v[0], v[1], v[2], v[3]])
+    };
+    // §7.2: a requested lifetime below the default gets the default.
+    let mut c = Client::new(five(4000), "alice", "pw-a");
+    c.learn(&mut rig, t0);
+    let req = c.request(proto::ALLOCATE, &|w| {
+        udp(w);
+        w.u32_attribute(attr::LIFETIME, 1).unwrap();
+    });
+    assert_eq!(lifetime_of(&rig.ask(t0, c.five, &req)), 600);
+    // §8.2: the same for Refresh; above the default it is honoured up to the maximum.
+    for (asked, granted) in [(1, 600), (599, 600), (601, 601), (99_999, 3600)] {
+        let req = c.request(proto::REFRESH, &|w| {
+            w.u32_attribute(attr::LIFETIME, asked).unwrap()
+        });
+        assert_eq!(lifetime_of(&rig.ask(t0, c.five, &req)), granted, "{asked}");
+    }
+    rig.tick(at(t0, 599));
+    assert_eq!(rig.server.allocations(), 1, "not expired after 1 s");
+    // §8.2: Refresh asking for a family the allocation has no relay of: 443, nothing deleted.
+    let req = c.request(proto::REFRESH, &|w| {
+        w.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+            .unwrap();
+        w.u32_attribute(attr::LIFETIME, 0).unwrap();
+    });
+    assert_eq!(code_of(&rig.ask(t0, c.five, &req)), Some(443));
+    assert_eq!(rig.server.allocations(), 1);
+    let req = c.request(proto::REFRESH, &|w| {
+        w.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[1, 0, 0, 0])
+            .unwrap();
+    });
+    assert_eq!(code_of(&rig.ask(t0, c.five, &req)), None, "matching family");
+    let req = c.request(proto::REFRESH, &|w| {
+        w.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[7, 0, 0, 0])
+            .unwrap();
+    });
+    assert_eq!(code_of(&rig.ask(t0, c.five, &req)), Some(400));
+    // A Send indication asking for DF is discarded, not relayed without it.
+    let p = peer("198.51.100.20:7000");
+    assert_eq!(permit(&mut rig, &mut c, t0, p), None);
+    let id = c.id();
+    let mut buf = vec![0u8; 256];
+    let mut w =
+        MessageWriter::new(&mut buf, message_type(proto::SEND, Class::Indication), &id).unwrap();
+    w.address(attr::XOR_PEER_ADDRESS, p).unwrap();
+    w.attribute(attr::DATA, b"x").unwrap();
+    w.attribute(attr::DONT_FRAGMENT, &[]).unwrap();
+    let n = w.finish();
+    assert_eq!(rig.send(t0, c.five, &buf[..n]), Output::None);
+    let ok = send_indication(&mut c, p, b"x");
+    assert!(relayed(&rig.send(t0, c.five, &ok), &ok).is_some());
 }
