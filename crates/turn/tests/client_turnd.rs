@@ -100,12 +100,12 @@ fn start_turnd(pki: &TestPki, ports: &str) -> Turnd {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_driver_echoes_through_turnd_on_every_transport() {
     let pki = TestPki::new();
-    let turnd = start_turnd(&pki, "42000-42099");
+    let turnd = start_turnd(&pki, "22000-22099");
     for transport in [Transport::Udp, Transport::Tcp] {
         for path in [DataPath::Channel, DataPath::SendIndication] {
             let r = check_echo(turnd.addr, transport, None, USER, PASS, path, 40).await;
             assert_eq!(r.echoed, 40, "{transport:?} {path:?}");
-            assert!((42000..42100).contains(&r.relayed.port()), "{r:?}");
+            assert!((22000..22100).contains(&r.relayed.port()), "{r:?}");
         }
     }
     for path in [DataPath::Channel, DataPath::SendIndication] {
@@ -118,7 +118,7 @@ async fn client_driver_echoes_through_turnd_on_every_transport() {
 #[test]
 fn turnc_json_against_turnd() {
     let pki = TestPki::new();
-    let turnd = start_turnd(&pki, "42100-42199");
+    let turnd = start_turnd(&pki, "22100-22199");
     let peer = TurncEchoPeer::start();
     let p = peer.addr.to_string();
     let common = ["-u", USER, "-p", PASS, "--peer", &p, "-n", "30", "-i", "2"];

@@ -1534,7 +1534,7 @@ fn turn_tcp_trickled_frame_is_cut_off_at_the_frame_deadline() {
         c.udp = false;
         c.tcp_idle_timeout = Duration::from_secs(30);
         c.tcp_frame_timeout = Duration::from_secs(1);
-        turn_on(c, 43100..=43119);
+        turn_on(c, 23100..=23119);
     });
     let addr = server.primary();
     // An Allocate-sized frame: what a TURN client sends first.
@@ -1577,7 +1577,7 @@ fn turn_tcp_idle_clock_is_not_reset_by_partial_bytes() {
         c.udp = false;
         c.tcp_idle_timeout = Duration::from_secs(1);
         c.tcp_frame_timeout = Duration::from_secs(30);
-        turn_on(c, 43120..=43139);
+        turn_on(c, 23120..=23139);
     });
     let addr = server.primary();
     let frame = fingerprinted(&[(attr::SOFTWARE, b"a frame long enough to trickle slowly")]);
@@ -1617,7 +1617,7 @@ fn turn_tcp_frames_are_rate_limited() {
         c.udp = false;
         c.rate_limit = 10;
         c.rate_burst = 10;
-        turn_on(c, 43140..=43159);
+        turn_on(c, 23140..=23159);
     });
     let addr = server.primary();
     let mut s = tcp_client(addr);

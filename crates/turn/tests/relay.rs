@@ -234,13 +234,13 @@ fn eventually(what: &str, cond: impl Fn() -> bool) {
 
 #[test]
 fn two_allocations_on_one_server_talk_over_channels_and_send_indications() {
-    let s = start(42000..=42099, |_| {});
+    let s = start(22000..=22099, |_| {});
     let mut a = Client::udp(s.primary(), "alice", "pw-a");
     let mut b = Client::udp(s.primary(), "bob", "pw-b");
     let ra = a.allocate();
     let rb = b.allocate();
     assert_eq!((ra.ip(), rb.ip()), (LO, LO));
-    assert!((42000..=42099).contains(&ra.port()));
+    assert!((22000..=22099).contains(&ra.port()));
     // Loopback peers are denied by default, but the server's own relay addresses are not.
     assert_eq!(a.permit(SocketAddr::new(LO, 9)), Some(403));
     assert_eq!(a.permit(s.primary()), Some(403), "the server's own port");
@@ -286,11 +286,11 @@ fn two_allocations_on_one_server_talk_over_channels_and_send_indications() {
 
 #[test]
 fn tcp_allocation_relays_and_dies_with_its_connection() {
-    let s = start(42100..=42199, |_| {});
+    let s = start(22100..=22199, |_| {});
     let peer = UdpSocket::bind((LO, 0)).unwrap();
     peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let pa = peer.local_addr().unwrap();
-    let s2 = start(42200..=42299, |t| {
+    let s2 = start(22200..=22299, |t| {
         t.allow = vec!["127.0.0.0/8".parse::<Cidr>().unwrap()]
     });
     let _ = &s;
@@ -319,7 +319,7 @@ fn tcp_allocation_relays_and_dies_with_its_connection() {
 
 #[test]
 fn rest_api_credentials_and_quotas() {
-    let s = start(42300..=42399, |t| {
+    let s = start(22300..=22399, |t| {
         t.rest_secret = Some("north".into());
         t.user_quota = 1;
         t.total_quota = 2;
@@ -356,7 +356,7 @@ fn rest_api_credentials_and_quotas() {
 
 #[test]
 fn relay_ports_run_out_with_508() {
-    let s = start(42400..=42401, |_| {});
+    let s = start(22400..=22401, |_| {});
     let mut clients: Vec<Client> = (0..2)
         .map(|_| Client::udp(s.primary(), "alice", "pw-a"))
         .collect();
@@ -373,7 +373,7 @@ fn relay_ports_run_out_with_508() {
 
 #[test]
 fn spoofed_source_flood_and_garbage_leave_no_state() {
-    let s = start(42500..=42599, |_| {});
+    let s = start(22500..=22599, |_| {});
     let server = s.primary();
     // 400 sources (8 loopback IPs × 50 ports), each sending Allocates without credentials,
     // with wrong credentials, with a forged nonce, malformed and oversized datagrams.
@@ -440,7 +440,7 @@ fn spoofed_source_flood_and_garbage_leave_no_state() {
 
 #[test]
 fn metrics_endpoint_speaks_http() {
-    let s = start(42600..=42699, |_| {});
+    let s = start(22600..=22699, |_| {});
     let mut c = TcpStream::connect(s.metrics_addr().unwrap()).unwrap();
     c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     let mut body = String::new();
@@ -462,7 +462,7 @@ fn sigterm_releases_allocations_and_logs_final_stats() {
             "--user",
             "alice:pw-a",
             "--relay-ports",
-            "42700-42799",
+            "22700-22799",
         ])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())

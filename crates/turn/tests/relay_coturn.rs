@@ -359,32 +359,32 @@ fn relay_run(ports: &str, transport: &str, send_indications: bool) {
 
 #[test]
 fn uclient_udp_channels() {
-    relay_run("41000-41099", "udp", false);
+    relay_run("21000-21099", "udp", false);
 }
 
 #[test]
 fn uclient_udp_send_indications() {
-    relay_run("41100-41199", "udp", true);
+    relay_run("21100-21199", "udp", true);
 }
 
 #[test]
 fn uclient_tcp_channels() {
-    relay_run("41200-41299", "tcp", false);
+    relay_run("21200-21299", "tcp", false);
 }
 
 #[test]
 fn uclient_tcp_send_indications() {
-    relay_run("41300-41399", "tcp", true);
+    relay_run("21300-21399", "tcp", true);
 }
 
 #[test]
 fn uclient_tls_channels() {
-    relay_run("41400-41499", "tls", false);
+    relay_run("21400-21499", "tls", false);
 }
 
 #[test]
 fn uclient_tls_send_indications() {
-    relay_run("41500-41599", "tls", true);
+    relay_run("21500-21599", "tls", true);
 }
 
 #[test]
@@ -395,7 +395,7 @@ fn uclient_with_wrong_password_is_refused_and_counted() {
     ) else {
         return;
     };
-    let t = start_turnd("41600-41699", false, &[]);
+    let t = start_turnd("21600-21699", false, &[]);
     let (_peer, peer_port) = start_peer(&peer_tool);
     let out = Command::new(&uclient)
         .args([
