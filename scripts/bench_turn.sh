@@ -117,6 +117,12 @@ start_peer() {
 
 # start_server NAME -> sets server_pid
 start_server() {
+    # turnd binds with SO_REUSEPORT: a server left on the port (another run of this script)
+    # would silently share the load. Refuse rather than measure that.
+    if command -v ss >/dev/null && [[ -n "$(ss -Hlun "sport = :$srv_port")" ]]; then
+        echo "UDP port $srv_port is already in use (another benchmark running?)" >&2
+        exit 1
+    fi
     case "$1" in
         turnd)
             "${srv_cpu[@]}" "$turnd" --listen "127.0.0.1:$srv_port" --no-tcp --workers "$threads" \
