@@ -5,26 +5,37 @@
 #
 # Usage: scripts/bench_turn.sh [--quick] [--no-build] [--rounds N] [--sessions N]
 #                              [--messages N] [--allocations N] [--threads N]
-#   --quick          CI mode (< 30 s): 1 round, small loads, no saturating turnload section;
+#   --quick          CI mode (< 30 s): 1 round, small loads, uclient over channels only (its
+#                    Send figures repeat the channel ones), no saturating turnload section;
 #                    ratios printed, never asserted
 #   --no-build       use the release binaries already built
 #   --rounds N       rounds; each measures every server once, alternating the order (default 2)
-#   --sessions N     uclient sessions (-m; default 50)
-#   --messages N     messages per session (-n; default 2000)
+#   --sessions N     uclient sessions (-m; default 16)
+#   --messages N     messages per session (-n; default 20000)
 #   --allocations N  allocations for the allocation-rate and memory figures (default 10000)
 #   --threads N      server threads: turnd --workers N, coturn --relay-threads N (default: cores)
+#   --pin            server on CPU 0 with one thread, load tools and peer on the other CPUs:
+#                    the server's capacity, not the load tool's, sets the rate
 #
-# The relay load: turnutils_uclient -c (no RTCP allocations) -z 0 (no pacing) with -m sessions,
-# each sending -n messages of 100 bytes to turnutils_peer (an echo peer) through its
-# allocation, over channels (uclient's default) and then with Send indications (-s). Each
-# message is relayed twice (to the peer and back). Two figures per run:
-#  - messages/s: echoed messages received by uclient / uclient's "Total transmit time" (whole
-#    seconds, as uclient reports it). uclient paces each session with timers and connects its
-#    sessions one after the other, so on a small machine it is often the bottleneck itself:
-#    then both servers show the same rate and the ratio is ~1 whatever the servers cost;
+# The relay load: turnutils_uclient -c (no RTCP allocations) -z 0 with -m sessions, each
+# sending -n messages of 100 bytes to turnutils_peer (an echo peer) through its allocation,
+# over channels (uclient's default) and then with Send indications (-s). Each message is
+# relayed twice (to the peer and back). uclient's send timer ticks every millisecond and sends
+# up to 50 messages per session per tick while the session is due; -z 0 keeps every session
+# due, so uclient floods open loop and the server drops what it cannot relay: with the default
+# 16 x 20000 messages both servers lose messages (they are saturated) and the echoed count
+# measures the server. (With paced sessions, -z > 0, uclient measures itself: 50 sessions at
+# the default -z 20 give ~5000 msg/s whatever the server.) uclient starts its sessions at
+# random over its first ~6 s and waits a few seconds after the last send, so its "Total
+# transmit time" (whole seconds) is longer than the flood itself: the rate below is a lower
+# bound, the same for both servers. Figures per run:
+#  - messages/s: echoed messages received by uclient / uclient's "Total transmit time", and
+#    the loss (offered - echoed) / offered;
 #  - server CPU per echoed message (utime + stime of the server process over the whole run,
-#    /proc/PID/stat), which does not depend on whether the load saturates the server; the
-#    ratio coturn/turnd says how many times cheaper turnd relays.
+#    /proc/PID/stat); the ratio coturn/turnd says how many times cheaper turnd relays.
+# Fair shares: both servers get the same thread count (turnd --workers N, coturn
+# --relay-threads N, i.e. its -m N), and the same uclient and peer processes beside them.
+# TURND=path/to/turnd compares another build (say the previous commit's).
 # Every server is restarted before each measured run (uclient leaves its allocations behind). Both servers: UDP only, loopback, long-term credentials test:test,
 # loopback peers allowed, no rate limits, the same relay thread count.
 #
@@ -43,7 +54,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
-quick=0 build=1 rounds=2 sessions=50 messages=2000 allocations=10000 load_allocs=64 load_seconds=5
+pin=0 quick=0 build=1 rounds=2 sessions=16 messages=20000 allocations=10000 load_allocs=64 load_seconds=5
 threads="$(nproc)"
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -54,13 +65,23 @@ while [[ $# -gt 0 ]]; do
         --messages) messages="$2"; shift ;;
         --allocations) allocations="$2"; shift ;;
         --threads) threads="$2"; shift ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        --pin) pin=1 ;;
+        -h|--help) sed -n '2,48p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
     shift
 done
 if [[ $quick == 1 ]]; then
-    rounds=1 sessions=4 messages=50 allocations=500 load_seconds=1
+    rounds=1 sessions=4 messages=2000 allocations=500 load_seconds=1
+fi
+
+# --pin: taskset prefixes for the server and for the load side.
+srv_cpu=() load_cpu=()
+if [[ $pin == 1 ]]; then
+    command -v taskset >/dev/null || { echo "--pin needs taskset (util-linux)" >&2; exit 1; }
+    (( $(nproc) >= 2 )) || { echo "--pin needs 2 CPUs" >&2; exit 1; }
+    threads=1
+    srv_cpu=(taskset -c 0) load_cpu=(taskset -c "1-$(( $(nproc) - 1 ))")
 fi
 
 for tool in turnutils_uclient turnutils_peer; do
@@ -71,7 +92,7 @@ turnserver="${TURNSERVER:-$(command -v turnserver || true)}"
 if [[ $build == 1 ]]; then
     cargo build --release -p turn --bin turnd --bin turnload >&2
 fi
-turnd="$target/release/turnd"
+turnd="${TURND:-$target/release/turnd}"
 turnload="$target/release/turnload"
 
 work="$(mktemp -d /tmp/bench_turn.XXXXXX)"
@@ -89,23 +110,29 @@ srv_port=34870 peer_port=34874 relay_lo=45000 relay_hi=59999
 now() { date +%s.%N; }
 
 start_peer() {
-    turnutils_peer -L 127.0.0.1 -p "$peer_port" >"$work/peer.log" 2>&1 &
+    "${load_cpu[@]}" turnutils_peer -L 127.0.0.1 -p "$peer_port" >"$work/peer.log" 2>&1 &
     pids+=($!)
     sleep 0.3
 }
 
 # start_server NAME -> sets server_pid
 start_server() {
+    # turnd binds with SO_REUSEPORT: a server left on the port (another run of this script)
+    # would silently share the load. Refuse rather than measure that.
+    if command -v ss >/dev/null && [[ -n "$(ss -Hlun "sport = :$srv_port")" ]]; then
+        echo "UDP port $srv_port is already in use (another benchmark running?)" >&2
+        exit 1
+    fi
     case "$1" in
         turnd)
-            "$turnd" --listen "127.0.0.1:$srv_port" --no-tcp --workers "$threads" \
+            "${srv_cpu[@]}" "$turnd" --listen "127.0.0.1:$srv_port" --no-tcp --workers "$threads" \
                 --user test:test --realm example.org --allow-peer 127.0.0.0/8 \
                 --relay-ports "$relay_lo-$relay_hi" --rate-limit 0 \
                 --user-quota 0 --total-quota 0 \
                 >"$work/turnd.out" 2>"$work/turnd.err" &
             ;;
         coturn)
-            stdbuf -oL -eL "$turnserver" -n -L 127.0.0.1 --listening-port "$srv_port" \
+            "${srv_cpu[@]}" stdbuf -oL -eL "$turnserver" -n -L 127.0.0.1 --listening-port "$srv_port" \
                 --no-tcp --no-tls --no-dtls --no-tcp-relay --no-cli --log-file=stdout \
                 --simple-log --lt-cred-mech --user test:test --realm example.org \
                 --allow-loopback-peers --relay-ip 127.0.0.1 --min-port "$relay_lo" \
@@ -139,7 +166,7 @@ relay_run() {
     start_server "$name"
     c0="$(cpu_ticks "$server_pid")"
     # shellcheck disable=SC2086
-    timeout 300 turnutils_uclient -c $flags -z 0 -m "$sessions" -n "$messages" -l 100 \
+    timeout 300 "${load_cpu[@]}" turnutils_uclient -c $flags -z 0 -m "$sessions" -n "$messages" -l 100 \
         -e 127.0.0.1 -r "$peer_port" -u test -w test -p "$srv_port" 127.0.0.1 \
         >"$work/uclient.log" 2>&1 || true
     c1="$(cpu_ticks "$server_pid")"
@@ -162,7 +189,7 @@ load_run() {
     start_server "$name"
     c0="$(cpu_ticks "$server_pid")"
     # shellcheck disable=SC2086
-    "$turnload" --server "127.0.0.1:$srv_port" --user test:test --allocations "$load_allocs" \
+    "${load_cpu[@]}" "$turnload" --server "127.0.0.1:$srv_port" --user test:test --allocations "$load_allocs" \
         --peer "127.0.0.1:$peer_port" $flags --seconds "$load_seconds" --in-flight 8 \
         >"$work/load.out" 2>"$work/load.err" || true
     c1="$(cpu_ticks "$server_pid")"
@@ -212,9 +239,13 @@ for r in $(seq "$rounds"); do
     for s in "${order[@]}"; do
         relay_run "$s" ""
         ch=$r_rate nch=$r_echoed cch=$r_cpu_us
-        relay_run "$s" "-s"
+        # --quick: channels only (each uclient run lasts >= ~6 s whatever its load).
+        if [[ $quick == 0 ]]; then relay_run "$s" "-s"; fi
         sd=$r_rate nsd=$r_echoed csd=$r_cpu_us
-        echo "round $r $s: channels $ch msg/s ($nch echoed, ${cch} us CPU/msg), send indications $sd msg/s ($nsd echoed, ${csd} us CPU/msg)"
+        offered=$(( sessions * messages ))
+        lch=$(( offered > 0 ? (offered - nch) * 100 / offered : 0 ))
+        lsd=$(( offered > 0 ? (offered - nsd) * 100 / offered : 0 ))
+        echo "round $r $s: channels $ch msg/s ($nch of $offered echoed, ${lch}% lost, ${cch} us CPU/msg), send indications $sd msg/s ($nsd echoed, ${lsd}% lost, ${csd} us CPU/msg)"
         sum_ch[$s]=$(( ${sum_ch[$s]} + ch ))
         sum_send[$s]=$(( ${sum_send[$s]} + sd ))
         cpu_ch[$s]="$(awk -v a="${cpu_ch[$s]}" -v b="$cch" 'BEGIN { print a + b }')"

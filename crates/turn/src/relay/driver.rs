@@ -24,6 +24,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::batch::{BATCH, Datagram, RX_SLOT, Received, Receiver, Sender};
 use super::{Family, FiveTuple, Metrics, Output, PortPool, RelayPorts, Server, Shared, Transport};
 use crate::binding::{Listener, Responder, Transport as BindingTransport};
 use crate::proto;
@@ -198,13 +199,6 @@ impl RelayPorts for EpollPorts<'_> {
     }
 }
 
-impl EpollPorts<'_> {
-    fn socket(&self, addr: &SocketAddr) -> Option<&UdpSocket> {
-        let i = *self.by_addr.get(addr)?;
-        self.slots.get(i)?.as_ref().map(|(_, s)| s)
-    }
-}
-
 /// One UDP worker with TURN enabled.
 #[derive(Debug)]
 pub(crate) struct UdpWorker {
@@ -222,8 +216,90 @@ pub(crate) struct UdpWorker {
 
 /// Events taken per `epoll_wait`.
 const EVENTS: usize = 256;
-/// Datagrams read from one socket before the worker looks at the others (fairness).
-const READS_PER_WAKE: usize = 64;
+/// `recvmmsg` batches taken from the listener per wake before the worker looks at its relay
+/// sockets (fairness); a relay socket gets at most [`RELAY_BATCHES`].
+const LISTENER_BATCHES: usize = 4;
+const RELAY_BATCHES: usize = 2;
+/// Bytes per slot of the client-bound arena: the largest datagram plus a Data indication's
+/// headers. Only the pages datagrams are written to are ever touched.
+const TX_SLOT: usize = MAX_DATAGRAM + HEADROOM;
+
+/// Datagrams for clients (answers and relayed peer data), all leaving through the worker's
+/// listener socket: gathered over a whole epoll round (the listener and every ready relay
+/// socket) and sent with one `sendmmsg`, trains to one client coalesced by GSO.
+struct ClientQueue {
+    arena: Vec<u8>,
+    items: [Datagram; BATCH],
+    n: usize,
+}
+
+const NO_DATAGRAM: Datagram = Datagram {
+    to: SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::UNSPECIFIED,
+        0,
+    )),
+    start: 0,
+    len: 0,
+};
+
+impl ClientQueue {
+    fn new() -> Self {
+        ClientQueue {
+            arena: vec![0u8; BATCH * TX_SLOT],
+            items: [NO_DATAGRAM; BATCH],
+            n: 0,
+        }
+    }
+
+    /// The next free slot, to write a datagram into (the queue must not be full).
+    fn slot(&mut self) -> &mut [u8] {
+        let start = self.n * TX_SLOT;
+        self.arena
+            .get_mut(start..start + TX_SLOT)
+            .unwrap_or_default()
+    }
+
+    /// Queue the slot just written: `len` bytes to `to`.
+    fn commit(&mut self, to: SocketAddr, len: usize) {
+        if let Some(d) = self.items.get_mut(self.n) {
+            *d = Datagram {
+                to,
+                start: self.n * TX_SLOT,
+                len: len.min(TX_SLOT),
+            };
+            self.n += 1;
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.n >= BATCH
+    }
+}
+
+/// A payload for a peer: bytes of the receive arena, to leave through relay socket `slot`.
+#[derive(Debug, Clone, Copy)]
+struct PeerOut {
+    slot: usize,
+    relay: SocketAddr,
+    data: Datagram,
+}
+
+/// The worker's batch buffers, allocated once.
+struct Batch {
+    rx: Receiver,
+    tx: Sender,
+    clients: ClientQueue,
+    peers: [PeerOut; BATCH],
+    n_peers: usize,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("tx", &self.tx)
+            .finish_non_exhaustive()
+    }
+}
 
 impl UdpWorker {
     pub(crate) fn run(self) {
@@ -247,8 +323,17 @@ impl UdpWorker {
         };
         let mut core = Server::new(self.turn.shared.clone(), self.instance);
         let mut events = [EpollEvent::empty(); EVENTS];
-        let mut inbuf = vec![0u8; MAX_DATAGRAM];
-        let mut out = vec![0u8; MAX_DATAGRAM + HEADROOM];
+        let mut b = Batch {
+            rx: Receiver::default(),
+            tx: Sender::new(true),
+            clients: ClientQueue::new(),
+            peers: [PeerOut {
+                slot: 0,
+                relay: NO_DATAGRAM.to,
+                data: NO_DATAGRAM,
+            }; BATCH],
+            n_peers: 0,
+        };
         let mut last_publish = Instant::now();
         // Counted locally, published with the core's counters: no shared atomic per packet.
         let mut received = 0u64;
@@ -267,13 +352,13 @@ impl UdpWorker {
             for ev in events.iter().take(n) {
                 let token = ev.data();
                 if token == 0 {
-                    received +=
-                        self.drain_listener(now, &mut core, &mut ports, &mut inbuf, &mut out);
+                    received += self.drain_listener(now, &mut core, &mut ports, &mut b);
                 } else {
                     let i = (token - 1) as usize;
-                    self.drain_relay(now, &mut core, &ports, i, &mut inbuf, &mut out);
+                    self.drain_relay(now, &mut core, &ports, i, &mut b);
                 }
             }
+            self.flush_clients(&mut b.clients, &mut b.tx);
             core.handle_timeout(now, &mut ports);
             if now.duration_since(last_publish) >= Duration::from_millis(100) || n == 0 {
                 core.counters().publish(&self.turn.metrics);
@@ -290,58 +375,104 @@ impl UdpWorker {
         result
     }
 
+    fn flush_clients(&self, q: &mut ClientQueue, tx: &mut Sender) {
+        if q.n > 0 {
+            let items = q.items.get(..q.n).unwrap_or_default();
+            tx.send(&self.socket, &q.arena, items);
+            q.n = 0;
+        }
+    }
+
+    /// Send the payloads queued for peers: one `sendmmsg` per relay socket (in slot order),
+    /// trains to one peer coalesced by GSO. They point into the receive arena: this runs before
+    /// the next receive.
+    fn flush_peers(ports: &EpollPorts<'_>, b: &mut Batch) {
+        let peers = b.peers.get_mut(..b.n_peers).unwrap_or_default();
+        b.n_peers = 0;
+        peers.sort_unstable_by_key(|p| (p.slot, p.data.start));
+        let mut items = [NO_DATAGRAM; BATCH];
+        for run in peers.chunk_by(|a, c| a.slot == c.slot) {
+            let Some(first) = run.first() else { continue };
+            // The allocation may have gone (and its slot been reused) later in the batch.
+            let Some((_, sock)) = ports
+                .slots
+                .get(first.slot)
+                .and_then(Option::as_ref)
+                .filter(|(a, _)| *a == first.relay)
+            else {
+                continue;
+            };
+            let mut k = 0;
+            for (d, p) in items.iter_mut().zip(run) {
+                *d = p.data;
+                k += 1;
+            }
+            b.tx.send(sock, b.rx.arena(), &items[..k]);
+        }
+    }
+
     fn drain_listener(
         &self,
         now: Instant,
         core: &mut Server,
         ports: &mut EpollPorts<'_>,
-        inbuf: &mut [u8],
-        out: &mut [u8],
+        b: &mut Batch,
     ) -> u64 {
         let mut received = 0;
-        for _ in 0..READS_PER_WAKE {
-            let (len, src) = match self.socket.recv_from(inbuf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return received,
-                Err(e) => {
-                    tracing::trace!(error = %e, "recv error");
+        for _ in 0..LISTENER_BATCHES {
+            let n = match b.rx.recv(&self.socket) {
+                Received::Some(n) => n,
+                Received::Empty => break,
+                Received::Error => continue, // ICMP errors from earlier sends
+            };
+            received += n as u64;
+            for i in 0..n {
+                let Some((src, packet)) = b.rx.get(i) else {
+                    continue;
+                };
+                let five = FiveTuple {
+                    client: src,
+                    server: self.local,
+                    transport: Transport::Udp,
+                };
+                // ChannelData and traffic of allocated clients skip the per-source limiter
+                // (they are authenticated, and quota and bandwidth caps bound them).
+                let exempt = core.framing(packet) == proto::Framing::ChannelData
+                    || core.has_allocation(&five);
+                if !exempt && !self.limiter.allow(now, src.ip()) {
+                    self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-            };
-            received += 1;
-            let Some(packet) = inbuf.get(..len) else {
-                continue;
-            };
-            let five = FiveTuple {
-                client: src,
-                server: self.local,
-                transport: Transport::Udp,
-            };
-            // ChannelData and traffic of allocated clients skip the per-source limiter (they
-            // are authenticated, and quota and bandwidth caps bound them).
-            let exempt =
-                core.framing(packet) == proto::Framing::ChannelData || core.has_allocation(&five);
-            if !exempt && !self.limiter.allow(now, src.ip()) {
-                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                continue;
+                if b.clients.full() {
+                    self.flush_clients(&mut b.clients, &mut b.tx);
+                }
+                let out = b.clients.slot();
+                match core.handle_client(now, ports, five, packet, out) {
+                    Output::None => {}
+                    Output::Client { len } => b.clients.commit(src, len),
+                    Output::Peer { relay, peer, data } => {
+                        let (Some(&slot), Some(p)) =
+                            (ports.by_addr.get(&relay), b.peers.get_mut(b.n_peers))
+                        else {
+                            continue;
+                        };
+                        *p = PeerOut {
+                            slot,
+                            relay,
+                            data: Datagram {
+                                to: peer,
+                                start: i * RX_SLOT + data.start,
+                                len: data.len(),
+                            },
+                        };
+                        b.n_peers += 1;
+                    }
+                    Output::Binding => self.binding(src, packet, out),
+                }
             }
-            match core.handle_client(now, ports, five, packet, out) {
-                Output::None => {}
-                Output::Client { len } => {
-                    if let Some(b) = out.get(..len) {
-                        if let Err(e) = self.socket.send_to(b, src) {
-                            tracing::debug!(to = %src, error = %e, "send failed");
-                        }
-                    }
-                }
-                Output::Peer { relay, peer, data } => {
-                    if let (Some(s), Some(b)) = (ports.socket(&relay), packet.get(data)) {
-                        if let Err(e) = s.send_to(b, peer) {
-                            tracing::trace!(to = %peer, error = %e, "relay send failed");
-                        }
-                    }
-                }
-                Output::Binding => self.binding(src, packet, out),
+            Self::flush_peers(ports, b);
+            if n < BATCH {
+                break;
             }
         }
         received
@@ -378,27 +509,30 @@ impl UdpWorker {
         core: &mut Server,
         ports: &EpollPorts<'_>,
         i: usize,
-        inbuf: &mut [u8],
-        out: &mut [u8],
+        b: &mut Batch,
     ) {
         let Some((relay, sock)) = ports.slots.get(i).and_then(Option::as_ref) else {
             return;
         };
-        for _ in 0..READS_PER_WAKE {
-            let (len, peer) = match sock.recv_from(inbuf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => continue, // ICMP errors from earlier sends
+        for _ in 0..RELAY_BATCHES {
+            let n = match b.rx.recv(sock) {
+                Received::Some(n) => n,
+                Received::Empty => return,
+                Received::Error => continue, // ICMP errors from earlier sends
             };
-            let Some(data) = inbuf.get(..len) else {
-                continue;
-            };
-            if let Some(to) = core.handle_peer(now, *relay, peer, data, out) {
-                if let Some(b) = out.get(..to.len) {
-                    if let Err(e) = self.socket.send_to(b, to.five.client) {
-                        tracing::trace!(to = %to.five.client, error = %e, "send failed");
-                    }
+            for k in 0..n {
+                let Some((peer, data)) = b.rx.get(k) else {
+                    continue;
+                };
+                if b.clients.full() {
+                    self.flush_clients(&mut b.clients, &mut b.tx);
                 }
+                if let Some(to) = core.handle_peer(now, *relay, peer, data, b.clients.slot()) {
+                    b.clients.commit(to.five.client, to.len);
+                }
+            }
+            if n < BATCH {
+                return;
             }
         }
     }

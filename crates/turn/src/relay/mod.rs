@@ -33,6 +33,7 @@
 //! nonce cookie).
 
 pub mod auth;
+mod batch;
 pub mod driver;
 pub mod metrics;
 pub mod policy;
