@@ -20,7 +20,8 @@ if [ "${1:-}" = "--quick" ]; then
     PROFILE=dev
 fi
 cargo build -q --profile "$PROFILE" -p ice --bin icepeer
-if [ "$PROFILE" = dev ]; then BIN=target/debug/icepeer; else BIN=target/release/icepeer; fi
+target_dir="${CARGO_TARGET_DIR:-target}"
+if [ "$PROFILE" = dev ]; then BIN="$target_dir/debug/icepeer"; else BIN="$target_dir/release/icepeer"; fi
 if ! python3 -c "import aioice" 2>/dev/null; then
     echo "bench_ice: python3 with aioice is required (pip install aioice)" >&2
     exit 1
