@@ -268,6 +268,35 @@ impl TokenBucket {
     }
 }
 
+/// What ChannelData and Send indications share on their way to a peer: the permission, the
+/// relay address of the peer's family, the bandwidth cap and the counters. `data` is the
+/// payload's range in the client's packet.
+fn forward_to_peer(
+    counters: &mut Counters,
+    a: &mut Allocation,
+    now: Instant,
+    peer: SocketAddr,
+    data: Range<usize>,
+) -> Output {
+    if !a.permitted(now, peer.ip()) {
+        counters.drop(DropReason::NoPermission);
+        return Output::None;
+    }
+    let Some(relay) = a.relay_for(&peer) else {
+        counters.drop(DropReason::NoPermission);
+        return Output::None;
+    };
+    if let Some(b) = a.to_peer.as_mut() {
+        if !b.take(now, data.len()) {
+            counters.drop(DropReason::Bandwidth);
+            return Output::None;
+        }
+    }
+    counters.packets_to_peer += 1;
+    counters.bytes_to_peer += data.len() as u64;
+    Output::Peer { relay, peer, data }
+}
+
 #[derive(Debug)]
 struct Allocation {
     five: FiveTuple,
@@ -569,28 +598,14 @@ impl Server {
             return Output::None;
         };
         let peer = ch.peer;
-        if !a.permitted(now, peer.ip()) {
-            self.counters.drop(DropReason::NoPermission);
-            return Output::None;
-        }
-        let Some(relay) = a.relay_for(&peer) else {
-            self.counters.drop(DropReason::NoPermission);
-            return Output::None;
-        };
-        if let Some(b) = a.to_peer.as_mut() {
-            if !b.take(now, cd.data.len()) {
-                self.counters.drop(DropReason::Bandwidth);
-                return Output::None;
-            }
-        }
-        self.counters.packets_to_peer += 1;
-        self.counters.bytes_to_peer += cd.data.len() as u64;
         let start = proto::CHANNEL_DATA_HEADER;
-        Output::Peer {
-            relay,
+        forward_to_peer(
+            &mut self.counters,
+            a,
+            now,
             peer,
-            data: start..start + cd.data.len(),
-        }
+            start..start + cd.data.len(),
+        )
     }
 
     fn stun<P: RelayPorts + ?Sized>(
@@ -640,28 +655,14 @@ impl Server {
             self.counters.drop(DropReason::Other);
             return Output::None;
         }
-        if !a.permitted(now, peer.ip()) {
-            self.counters.drop(DropReason::NoPermission);
-            return Output::None;
-        }
-        let Some(relay) = a.relay_for(&peer) else {
-            self.counters.drop(DropReason::NoPermission);
-            return Output::None;
-        };
-        if let Some(b) = a.to_peer.as_mut() {
-            if !b.take(now, data.value.len()) {
-                self.counters.drop(DropReason::Bandwidth);
-                return Output::None;
-            }
-        }
-        self.counters.packets_to_peer += 1;
-        self.counters.bytes_to_peer += data.value.len() as u64;
         let start = data.offset + 4;
-        Output::Peer {
-            relay,
+        forward_to_peer(
+            &mut self.counters,
+            a,
+            now,
             peer,
-            data: start..start + data.value.len(),
-        }
+            start..start + data.value.len(),
+        )
     }
 
     /// Handle a datagram that arrived from `peer` on the relay address `relay`.
