@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 pub mod fabric;
+pub mod matrix;
 pub mod report;
 pub mod runner;
 pub mod scenario;
