@@ -97,6 +97,7 @@
 
 mod agent;
 pub mod candidate;
+pub mod cli;
 mod config;
 pub mod driver;
 mod message;

@@ -72,7 +72,35 @@ enum Cmd {
         #[command(flatten)]
         out: Output,
     },
-    /// Run a bundled tool: `sim tool natprobe ARGS`, `sim tool turnd ARGS`.
+    /// Run a connectivity matrix: ICE sessions between peers behind NAT profiles, cell by
+    /// cell, compared with the RFC 4787 oracle; writes DIR/<matrix>/matrix.{json,md,html}.
+    Matrix {
+        /// Matrix file (TOML; see scenarios/README.md).
+        file: PathBuf,
+        /// Report root: results go to DIR/<matrix>/.
+        #[arg(long, default_value = "reports", value_name = "DIR")]
+        reports: PathBuf,
+        /// Cells run in parallel (default: two per core).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Run only shard I of N (1-based); join the parts with `sim merge`.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// Where a shard's matrix.json goes (default DIR/<matrix>/shard-I-of-N.json).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Python interpreter with aioice installed (for aioice cells).
+        #[arg(long, default_value = "python3", value_name = "PATH")]
+        python: PathBuf,
+        /// No progress bar or per-cell lines.
+        #[arg(long)]
+        quiet: bool,
+        /// Exit 1 when a cell disagrees with the oracle.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Run a bundled tool: `sim tool natprobe ARGS`, `sim tool turnd ARGS`,
+    /// `sim tool icepeer ARGS`.
     #[command(hide = true)]
     Tool {
         /// natprobe or turnd.
@@ -119,7 +147,10 @@ fn main() -> ExitCode {
     // `sim FILE` means `sim run FILE`.
     let mut args = args;
     if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
-        let known = ["run", "check", "shell", "clean", "accuracy", "tool", "help"];
+        let known = [
+            "run", "check", "shell", "clean", "accuracy", "matrix", "merge", "compare", "tool",
+            "help",
+        ];
         if !first.starts_with('-') && !known.contains(&first) {
             args.insert(1, "run".into());
         }
@@ -144,6 +175,7 @@ fn tool(name: &str, args: Vec<OsString>) -> Option<ExitCode> {
     match name {
         "natprobe" => Some(probe::cli::main(args)),
         "turnd" => Some(turn::cli::main(args)),
+        "icepeer" => Some(ice::cli::main(args)),
         _ => None,
     }
 }
@@ -293,6 +325,86 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Accuracy { paths, out } => accuracy(paths, &out),
+        Cmd::Matrix {
+            file,
+            reports,
+            jobs,
+            shard,
+            out,
+            python,
+            quiet,
+            strict,
+        } => {
+            let spec = match sim::matrix::spec::load(&file) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("sim: {e}");
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            };
+            let shard = match shard.as_deref().map(sim::matrix::run::parse_shard) {
+                None => None,
+                Some(Ok(s)) => Some(s),
+                Some(Err(e)) => {
+                    eprintln!("sim: {e}");
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            };
+            if let Err(code) = environment() {
+                return Ok(code);
+            }
+            let stop = Signals::install().any(true);
+            let opts = sim::matrix::run::MatrixOptions {
+                jobs: jobs.unwrap_or_else(sim::matrix::run::default_jobs).max(1),
+                shard,
+                progress: !quiet,
+                python,
+            };
+            eprintln!(
+                "sim: matrix {}: {} of {} cells, {} in parallel",
+                spec.name,
+                spec.cells()
+                    .iter()
+                    .filter(|c| sim::matrix::run::in_shard(c.index, shard))
+                    .count(),
+                spec.cell_count(),
+                opts.jobs
+            );
+            let m = match sim::matrix::run::run(&spec, &opts, &stop) {
+                Ok(m) => m,
+                Err(RunError::Interrupted) => return Ok(ExitCode::from(EXIT_INTERRUPTED)),
+                Err(e) => {
+                    eprintln!("sim: matrix {}: {e}", spec.name);
+                    return Ok(ExitCode::from(EXIT_FAIL));
+                }
+            };
+            print!("{}", sim::matrix::term::render(&m));
+            let dir = reports.join(&m.matrix);
+            match (shard, out) {
+                (None, None) => {
+                    sim::matrix::write(&dir, &m)
+                        .with_context(|| format!("writing {}", dir.display()))?;
+                    println!("reports: {}", dir.join("matrix.json").display());
+                }
+                (shard, out) => {
+                    let path = out.unwrap_or_else(|| match shard {
+                        Some(s) => dir.join(format!("shard-{}-of-{}.json", s.index, s.count)),
+                        None => dir.join("matrix.json"),
+                    });
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::write(&path, serde_json::to_string_pretty(&m)?)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    println!("matrix: {}", path.display());
+                }
+            }
+            Ok(ExitCode::from(if strict && m.summary.flagged > 0 {
+                EXIT_FAIL
+            } else {
+                0
+            }))
+        }
         Cmd::Shell { file, host, cmd } => shell(&file, &host, cmd),
     }
 }

@@ -277,7 +277,7 @@ pub fn bring_up(s: &Scenario, opts: &RunOptions, stop: &StopFlag) -> Result<Live
             }
             match svc {
                 Service::Turnd => {
-                    if let Err(e) = live.start_turnd(&h.name, &h.addresses) {
+                    if let Err(e) = live.start_turnd(&h.name, &h.addresses, &[]) {
                         return Err(live.abort(e));
                     }
                 }
@@ -294,10 +294,22 @@ impl Live {
         e
     }
 
-    fn start_turnd(&mut self, host: &str, addrs: &[Ipv4Addr]) -> Result<(), RunError> {
+    /// Start turnd on `host` (its first address, port [`STUN_PORT`]; RFC 5780 with a second
+    /// address), with `extra` arguments (TURN users, say); wait for its ready line. It stops
+    /// with [`Live::down`].
+    pub fn start_turnd(
+        &mut self,
+        host: &str,
+        addrs: &[Ipv4Addr],
+        extra: &[&str],
+    ) -> Result<(), RunError> {
+        let Some(primary) = addrs.first() else {
+            return Err(RunError::Service(format!("host {host} has no address for turnd")));
+        };
         let mut cmd = tool_command(&self.fabric, host, "turnd")?;
+        cmd.args(extra);
         cmd.arg("--listen")
-            .arg(format!("{}:{STUN_PORT}", addrs[0]))
+            .arg(format!("{primary}:{STUN_PORT}"))
             .env("RUST_LOG", "warn");
         if let Some(alt) = addrs.get(1) {
             cmd.arg("--alt-ip")
@@ -430,7 +442,7 @@ struct Finished {
 }
 
 /// Kill a child and everything in its process group (it was started as a group leader).
-fn kill_group(child: &mut Child) {
+pub(crate) fn kill_group(child: &mut Child) {
     if let Ok(pid) = i32::try_from(child.id()) {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid),
@@ -442,7 +454,7 @@ fn kill_group(child: &mut Child) {
 }
 
 /// Read a pipe to its end on a thread; the receiver gets the bytes.
-fn drain(pipe: Option<impl Read + Send + 'static>) -> std::sync::mpsc::Receiver<Vec<u8>> {
+pub(crate) fn drain(pipe: Option<impl Read + Send + 'static>) -> std::sync::mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -511,7 +523,7 @@ fn run_to_end(
     })
 }
 
-fn tail(bytes: &[u8], max: usize) -> String {
+pub(crate) fn tail(bytes: &[u8], max: usize) -> String {
     let s = String::from_utf8_lossy(bytes);
     if s.len() <= max {
         return s.into_owned();

@@ -161,6 +161,16 @@ async def main():
         use_ipv6=False,
         transport_policy=TransportPolicy.RELAY if args.relay_only else TransportPolicy.ALL,
     )
+    # Count connectivity checks as aioice starts them (ordinary and triggered; aioice's own
+    # transaction layer retransmits without telling us).
+    checks = {"sent": 0}
+    original_check_start = conn.check_start
+
+    def counting_check_start(pair):
+        checks["sent"] += 1
+        return original_check_start(pair)
+
+    conn.check_start = counting_check_start
     out = Out(args.signal_out)
     queue = asyncio.Queue()
     reader = asyncio.ensure_future(read_lines(args.signal_in, queue))
@@ -215,6 +225,7 @@ async def main():
     finally:
         reader.cancel()
         await conn.close()
+    result["checks_sent"] = checks["sent"]
     if args.json:
         print(json.dumps(result), flush=True)
     else:
