@@ -912,6 +912,18 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "closes")]
+    fn balance_check_catches_misnesting() {
+        balanced("<table><tr><td>x</tr></td></table>");
+    }
+
+    #[test]
+    #[should_panic(expected = "unclosed")]
+    fn balance_check_catches_unclosed() {
+        balanced("<table><tr><td>x</td></tr>");
+    }
+
+    #[test]
     fn outcome_texts() {
         let m = sample();
         assert_eq!(outcome(&m.cells[0]), "srflx 150 ms");
@@ -1010,6 +1022,15 @@ pub(crate) mod tests {
         m.cells[3].row_side.failure = Some("<img src=x onerror=alert(1)>".into());
         m.cells[3].row_side.stderr = Some("\"><svg onload=alert(1)>".into());
         m.cells[2].error = Some("</div><script>bad()</script>".into());
+        // A hostile profile name, in the headers, ids and tooltips.
+        let evil = "ap<i>dm</i>\"'&";
+        for r in m.rows.iter_mut().filter(|r| *r == "apdm") {
+            *r = evil.into();
+        }
+        for c in m.cells.iter_mut().filter(|c| c.row == "apdm") {
+            c.row = evil.into();
+            c.id = c.id.replace("apdm", evil);
+        }
         m
     }
 
@@ -1027,6 +1048,11 @@ pub(crate) mod tests {
         assert!(h.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
         assert!(h.contains("&quot;quoted&quot; &amp; &#39;single&#39; &lt;b&gt;"));
         assert!(h.contains("&lt;img src=x onerror=alert(1)&gt;"));
+        assert!(!h.contains("<i>"));
+        assert!(h.contains("<tr><th>ap&lt;i&gt;dm&lt;/i&gt;&quot;&#39;&amp;</th>"));
+        // Still one heatmap cell per cell: the hostile rows were found, not left empty.
+        assert_eq!(h.matches("tabindex=\"0\"").count(), 16);
+        assert!(!h.contains("class=\"missing\">"));
         assert!(!h.contains("http://") && !h.contains("https://"));
         assert!(!h.contains("src=\"") && !h.contains("href="));
         assert!(!h.contains("@import") && !h.contains("url("));
