@@ -382,7 +382,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let dir = reports.join(&m.matrix);
             match (shard, out) {
                 (None, None) => {
-                    sim::matrix::write(&dir, &m)
+                    sim::matrix::report::write(&dir, &m)
                         .with_context(|| format!("writing {}", dir.display()))?;
                     println!("reports: {}", dir.join("matrix.json").display());
                 }

@@ -1,13 +1,16 @@
-//! Connectivity matrices: ICE sessions between peers behind NAT profiles, cell by cell.
+//! Connectivity matrices: ICE sessions between peers behind NAT profiles, cell by cell,
+//! judged against the RFC 4787 oracle (`nat::oracle`).
+//!
+//! - [`spec`]: matrix files, profiles, each cell's scenario and expectation;
+//! - [`run`]: cells in parallel, each in its own fabric;
+//! - [`model`]: the `matrix.json` contract;
+//! - [`report`], [`term`]: Markdown, HTML heatmap, terminal grids;
+//! - [`merge`], [`compare`]: shards joined; a fresh matrix against a baseline.
 
+pub mod compare;
+pub mod merge;
 pub mod model;
-pub mod spec;
+pub mod report;
 pub mod run;
+pub mod spec;
 pub mod term;
-
-/// Write `matrix.json` (and, once the report module lands, the Markdown and HTML views).
-pub fn write(dir: &std::path::Path, m: &model::Matrix) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let json = serde_json::to_string_pretty(m).map_err(std::io::Error::other)?;
-    std::fs::write(dir.join("matrix.json"), json)
-}
