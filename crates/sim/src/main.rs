@@ -99,6 +99,35 @@ enum Cmd {
         #[arg(long)]
         strict: bool,
     },
+    /// Join shards of one matrix (from `sim matrix --shard I/N`) into OUT_DIR/matrix.{json,md,html}.
+    Merge {
+        /// Folder for the joined reports.
+        out_dir: PathBuf,
+        /// The shards' matrix.json files.
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        /// Join even when cells are missing.
+        #[arg(long)]
+        partial: bool,
+    },
+    /// Compare a fresh matrix with a baseline: exit 1 when a cell that connected no longer
+    /// does, a direct path became relayed, a time to connected regressed past the noise
+    /// threshold, or a baseline cell is missing.
+    Compare {
+        /// Baseline matrix.json.
+        baseline: PathBuf,
+        /// Fresh matrix.json.
+        fresh: PathBuf,
+        /// A time regression must exceed the baseline by this factor...
+        #[arg(long, default_value_t = 1.5, value_name = "R")]
+        time_ratio: f64,
+        /// ...and by this many milliseconds.
+        #[arg(long, default_value_t = 250.0, value_name = "MS")]
+        time_abs_ms: f64,
+        /// Print the comparison as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a bundled tool: `sim tool natprobe ARGS`, `sim tool turnd ARGS`,
     /// `sim tool icepeer ARGS`.
     #[command(hide = true)]
@@ -248,6 +277,22 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Check { files } => {
             let mut bad = false;
             for f in &files {
+                if is_matrix_file(f) {
+                    match sim::matrix::spec::load(f) {
+                        Ok(m) => println!(
+                            "{}: ok (matrix: {} x {} profiles, {} cells)",
+                            f.display(),
+                            m.rows.len(),
+                            m.columns.len(),
+                            m.cell_count()
+                        ),
+                        Err(e) => {
+                            eprintln!("{e}");
+                            bad = true;
+                        }
+                    }
+                    continue;
+                }
                 match scenario::load(f) {
                     Ok(s) => println!(
                         "{}: ok ({} networks, {} NAT boxes, {} hosts, {} probes, {} commands)",
@@ -325,6 +370,76 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Accuracy { paths, out } => accuracy(paths, &out),
+        Cmd::Merge {
+            out_dir,
+            parts,
+            partial,
+        } => {
+            use sim::matrix::{merge, report as mreport};
+            let mut read = Vec::new();
+            for p in &parts {
+                match mreport::read(p) {
+                    Ok(m) => read.push((p.display().to_string(), m)),
+                    Err(e) => {
+                        eprintln!("sim: {e}");
+                        return Ok(ExitCode::from(EXIT_USAGE));
+                    }
+                }
+            }
+            let m = match merge::merge_with(
+                read,
+                merge::MergeOptions {
+                    allow_incomplete: partial,
+                },
+            ) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("sim: merge: {e}");
+                    return Ok(ExitCode::from(EXIT_FAIL));
+                }
+            };
+            mreport::write(&out_dir, &m)
+                .with_context(|| format!("writing {}", out_dir.display()))?;
+            print!("{}", sim::matrix::term::render(&m));
+            println!("reports: {}", out_dir.join("matrix.json").display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Compare {
+            baseline,
+            fresh,
+            time_ratio,
+            time_abs_ms,
+            json,
+        } => {
+            use sim::matrix::{compare, report as mreport};
+            if !(time_ratio >= 1.0 && time_ratio.is_finite())
+                || !(time_abs_ms >= 0.0 && time_abs_ms.is_finite())
+            {
+                eprintln!("sim: --time-ratio must be at least 1 and --time-abs-ms at least 0");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+            let (b, f) = match (mreport::read(&baseline), mreport::read(&fresh)) {
+                (Ok(b), Ok(f)) => (b, f),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("sim: {e}");
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            };
+            let c = compare::compare(
+                &b,
+                &f,
+                &compare::Thresholds {
+                    time_ratio,
+                    time_abs_ms,
+                },
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                print!("{}", c.markdown());
+            }
+            Ok(ExitCode::from(if c.failed() { EXIT_FAIL } else { 0 }))
+        }
         Cmd::Matrix {
             file,
             reports,
@@ -407,6 +522,14 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Shell { file, host, cmd } => shell(&file, &host, cmd),
     }
+}
+
+/// A matrix file has a top-level `[matrix]` table.
+fn is_matrix_file(path: &Path) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.contains_key("matrix"))
 }
 
 fn scenario_files(paths: Vec<PathBuf>) -> anyhow::Result<Vec<PathBuf>> {

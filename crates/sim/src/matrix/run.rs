@@ -207,6 +207,11 @@ fn run_cell(ctx: &Ctx<'_>, c: &CellSpec, stop: &StopFlag) -> Cell {
             cell.row_side = row;
             cell.column_side = column;
             judge(&mut cell);
+            if !cell.agrees && (ctx.spec.has_kernel(&c.row) || ctx.spec.has_kernel(&c.column)) {
+                if let Some(f) = &mut cell.flag {
+                    f.push_str(KERNEL_HINT);
+                }
+            }
         }
         Err(e) => {
             cell.error = Some(e);
@@ -255,6 +260,14 @@ fn judge(cell: &mut Cell) {
         cell.flag = Some(explain(cell));
     }
 }
+
+/// Added to the flag of a cell with a kernel NAT box that disagrees with the oracle.
+const KERNEL_HINT: &str = " A Linux masquerade box is on the way; the likely cause: when the other peer's first \
+    check reaches the box before this side's own check to it leaves, conntrack records that \
+    inbound flow, and the outgoing check, which has the same addresses and ports, must then \
+    get another source port. Under simultaneous open the kernel's mapping is not \
+    endpoint-independent, which the oracle (masquerade = endpoint-independent mapping, \
+    address-and-port-dependent filtering) does not model.";
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0

@@ -566,6 +566,17 @@ impl MatrixSpec {
         format!("{h:016x}")
     }
 
+    /// Whether a profile has a kernel (nftables) NAT level.
+    pub fn has_kernel(&self, profile: &str) -> bool {
+        self.profiles.get(profile).is_some_and(|p| {
+            p.levels.iter().any(|l| {
+                l.get("kind")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| k.starts_with("kernel"))
+            })
+        })
+    }
+
     /// The profiles, for the report.
     pub fn profile_info(&self) -> Vec<ProfileInfo> {
         let mut names: Vec<&String> = self.rows.iter().collect();
