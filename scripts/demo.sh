@@ -33,6 +33,11 @@ if [ "$(id -u)" -eq 0 ]; then
     echo "The simulator: a home NAT behind a carrier-grade NAT, in network namespaces"
     echo "(sim scenarios/double_nat.toml; reports in reports/double_nat/):"
     "$target/sim" scenarios/double_nat.toml
+    echo
+    echo "ICE across NATs: the nine RFC 4787 mapping x filtering combinations against each other,"
+    echo "trickle ICE with TURN over UDP, 81 cells (sim matrix scenarios/matrices/nine_by_nine.toml;"
+    echo "heatmap in reports/nine_by_nine/matrix.html):"
+    "$target/sim" matrix scenarios/matrices/nine_by_nine.toml
 else
     echo "Run as root to see the simulator: sudo $target/sim scenarios/double_nat.toml"
 fi

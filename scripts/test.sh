@@ -16,7 +16,7 @@ if [ -x scripts/fuzz_build.sh ]; then
     scripts/fuzz_build.sh
 fi
 # Benchmark scripts in quick mode so they cannot rot; figures are printed, never asserted.
-for bench in bench_binding bench_fabric bench_turn bench_ice; do
+for bench in bench_binding bench_fabric bench_turn bench_ice bench_matrix; do
     if [ -x "scripts/$bench.sh" ]; then
         echo "== scripts/$bench.sh --quick"
         "scripts/$bench.sh" --quick

@@ -17,12 +17,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use clap::{Parser, ValueEnum};
 use crate::driver::{Driver, TlsRoots, TlsSettings, interface_addresses};
 use crate::sdp::{Attribute, Description, parse_line};
 use crate::signal::{decode_blob, encode_blob};
 use crate::{Candidate, Config, Event, IceState, Nomination, Policy, TurnServer};
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 

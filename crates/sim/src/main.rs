@@ -412,9 +412,11 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => {
             use sim::matrix::{compare, report as mreport};
-            if !(time_ratio >= 1.0 && time_ratio.is_finite())
-                || !(time_abs_ms >= 0.0 && time_abs_ms.is_finite())
-            {
+            let ok = time_ratio.is_finite()
+                && time_ratio >= 1.0
+                && time_abs_ms.is_finite()
+                && time_abs_ms >= 0.0;
+            if !ok {
                 eprintln!("sim: --time-ratio must be at least 1 and --time-abs-ms at least 0");
                 return Ok(ExitCode::from(EXIT_USAGE));
             }

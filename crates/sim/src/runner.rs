@@ -304,7 +304,9 @@ impl Live {
         extra: &[&str],
     ) -> Result<(), RunError> {
         let Some(primary) = addrs.first() else {
-            return Err(RunError::Service(format!("host {host} has no address for turnd")));
+            return Err(RunError::Service(format!(
+                "host {host} has no address for turnd"
+            )));
         };
         let mut cmd = tool_command(&self.fabric, host, "turnd")?;
         cmd.args(extra);
@@ -454,7 +456,9 @@ pub(crate) fn kill_group(child: &mut Child) {
 }
 
 /// Read a pipe to its end on a thread; the receiver gets the bytes.
-pub(crate) fn drain(pipe: Option<impl Read + Send + 'static>) -> std::sync::mpsc::Receiver<Vec<u8>> {
+pub(crate) fn drain(
+    pipe: Option<impl Read + Send + 'static>,
+) -> std::sync::mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = Vec::new();

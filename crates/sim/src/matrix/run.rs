@@ -17,8 +17,7 @@ use super::model::{
     fill_trickle_savings,
 };
 use super::spec::{
-    self, COLUMN_HOST, CellSpec, MatrixSpec, ROW_HOST, SERVER_HOST, SERVER_IP, TURN_PASS,
-    TURN_USER,
+    self, COLUMN_HOST, CellSpec, MatrixSpec, ROW_HOST, SERVER_HOST, SERVER_IP, TURN_PASS, TURN_USER,
 };
 use crate::runner::{self, RunError, RunOptions, STUN_PORT, StopFlag};
 
@@ -354,8 +353,12 @@ fn session(ctx: &Ctx<'_>, c: &CellSpec, stop: &StopFlag) -> Result<SessionResult
     let mut live = runner::bring_up(&scenario, &opts, stop).map_err(|e| e.to_string())?;
     let user = format!("{TURN_USER}:{TURN_PASS}");
     let result = (|| {
-        live.start_turnd(SERVER_HOST, &[SERVER_IP], &["--user", &user, "--workers", "1"])
-            .map_err(|e| e.to_string())?;
+        live.start_turnd(
+            SERVER_HOST,
+            &[SERVER_IP],
+            &["--user", &user, "--workers", "1"],
+        )
+        .map_err(|e| e.to_string())?;
         let dir = ctx.work.join(format!("cell{}", c.index));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let files = Signaling::new(&dir).map_err(|e| format!("signaling files: {e}"))?;
@@ -677,7 +680,11 @@ impl Progress {
         } else {
             "failed".into()
         };
-        let mark = if c.agrees { "" } else { "  (disagrees with the oracle)" };
+        let mark = if c.agrees {
+            ""
+        } else {
+            "  (disagrees with the oracle)"
+        };
         let line = format!(
             "{} vs {} {} turn={} {}: {outcome}{mark}",
             c.row,
@@ -713,7 +720,9 @@ mod tests {
         for bad in ["0/3", "4/3", "1/0", "x", "1/", "/2", "-1/2"] {
             assert!(parse_shard(bad).is_err(), "{bad}");
         }
-        let shards: Vec<_> = (1..=3).map(|i| Some(Shard { index: i, count: 3 })).collect();
+        let shards: Vec<_> = (1..=3)
+            .map(|i| Some(Shard { index: i, count: 3 }))
+            .collect();
         for cell in 0..100 {
             assert_eq!(shards.iter().filter(|s| in_shard(cell, **s)).count(), 1);
             assert!(in_shard(cell, None));
@@ -803,12 +812,19 @@ mod tests {
         judge(&mut c);
         assert!(c.connected && !c.agrees);
         let flag = c.flag.unwrap();
-        assert!(flag.contains("expected a srflx path, got a relay path"), "{flag}");
+        assert!(
+            flag.contains("expected a srflx path, got a relay path"),
+            "{flag}"
+        );
 
         // Connected, but the datagrams did not make it back: not connected.
         let mut lost = side("srflx", "srflx", 10.0);
         lost.datagrams_ok = Some(false);
-        let mut c = cell_with(want(true, Some(PathKind::Srflx)), lost, side("srflx", "srflx", 1.0));
+        let mut c = cell_with(
+            want(true, Some(PathKind::Srflx)),
+            lost,
+            side("srflx", "srflx", 1.0),
+        );
         judge(&mut c);
         assert!(!c.connected && !c.agrees);
         assert!(c.flag.unwrap().contains("no datagram came back"));

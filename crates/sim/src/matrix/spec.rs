@@ -92,7 +92,10 @@ pub fn builtin(name: &str) -> Option<Profile> {
         "open" => p("no NAT: a host on the public network".into(), vec![]),
         "double-nat" => p(
             "a port-restricted-cone home NAT behind a carrier-grade NAT (cgnat)".into(),
-            vec![one("preset", "port-restricted-cone"), one("preset", "cgnat")],
+            vec![
+                one("preset", "port-restricted-cone"),
+                one("preset", "cgnat"),
+            ],
         ),
         "kernel-masquerade" => p(
             "Linux nftables masquerade in a router namespace".into(),
@@ -123,10 +126,15 @@ pub fn builtin(name: &str) -> Option<Profile> {
 
 /// Names `builtin` knows, for error messages.
 pub fn builtin_names() -> Vec<String> {
-    let mut v: Vec<String> = ["open", "double-nat", "kernel-masquerade", "kernel-random-fully"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    let mut v: Vec<String> = [
+        "open",
+        "double-nat",
+        "kernel-masquerade",
+        "kernel-random-fully",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
     v.extend(NatConfig::PRESETS.iter().map(|s| (*s).to_owned()));
     v
 }
@@ -338,11 +346,12 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixSpec, SpecError> {
     }
 
     let mut profiles = BTreeMap::new();
-    let mut resolve = |list: &[Spanned<String>]| -> Result<Vec<String>, SpecError> {
-        let mut out = Vec::new();
-        for s in list {
-            let n = s.get_ref();
-            let p = custom.get(n).cloned().or_else(|| builtin(n)).ok_or_else(|| {
+    let mut resolve =
+        |list: &[Spanned<String>]| -> Result<Vec<String>, SpecError> {
+            let mut out = Vec::new();
+            for s in list {
+                let n = s.get_ref();
+                let p = custom.get(n).cloned().or_else(|| builtin(n)).ok_or_else(|| {
                 err(
                     Some(s.span()),
                     format!(
@@ -351,14 +360,17 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixSpec, SpecError> {
                     ),
                 )
             })?;
-            if out.contains(n) {
-                return Err(err(Some(s.span()), format!("profile {n:?} is listed twice")));
+                if out.contains(n) {
+                    return Err(err(
+                        Some(s.span()),
+                        format!("profile {n:?} is listed twice"),
+                    ));
+                }
+                profiles.insert(n.clone(), p);
+                out.push(n.clone());
             }
-            profiles.insert(n.clone(), p);
-            out.push(n.clone());
-        }
-        Ok(out)
-    };
+            Ok(out)
+        };
     if m.rows.is_empty() {
         return Err(err(Some(m_span.clone()), "rows must not be empty".into()));
     }
@@ -445,7 +457,11 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixSpec, SpecError> {
         Duration::from_millis(10),
         Duration::from_secs(5),
     )?;
-    let timeout = dur(&m.timeout, Duration::from_secs(10), Duration::from_secs(600))?;
+    let timeout = dur(
+        &m.timeout,
+        Duration::from_secs(10),
+        Duration::from_secs(600),
+    )?;
     if timeout < Duration::from_secs(1) {
         return Err(err(None, "timeout must be at least 1 s".into()));
     }
@@ -488,8 +504,11 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixSpec, SpecError> {
 fn level_translates(l: &Table) -> bool {
     let mode = l.get("mode").and_then(Value::as_str);
     let preset = l.get("preset").and_then(Value::as_str);
-    !matches!(mode, Some("firewall" | "udp-blocked"))
-        && !(mode.is_none() && matches!(preset, Some("firewall" | "firewall-open" | "udp-blocked")))
+    let filters_only = match mode {
+        Some(m) => matches!(m, "firewall" | "udp-blocked"),
+        None => matches!(preset, Some("firewall" | "firewall-open" | "udp-blocked")),
+    };
+    !filters_only
 }
 
 fn table(pairs: Vec<(&str, Value)>) -> Table {
@@ -596,7 +615,9 @@ impl MatrixSpec {
                     .iter()
                     .map(|l| {
                         l.iter()
-                            .map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_owned)))
+                            .map(|(k, v)| {
+                                format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_owned))
+                            })
                             .collect::<Vec<_>>()
                             .join(" ")
                     })
@@ -643,7 +664,10 @@ impl MatrixSpec {
                 "addresses",
                 arr(&[SERVER_IP.to_string(), "203.0.113.2".into()]),
             ),
-            ("link", Value::Table(table(vec![("delay", ms(self.server_delay))]))),
+            (
+                "link",
+                Value::Table(table(vec![("delay", ms(self.server_delay))])),
+            ),
         ])];
         for (side, p, host) in [(1u8, row, ROW_HOST), (2u8, column, COLUMN_HOST)] {
             let tag = if side == 1 { "r" } else { "c" };
@@ -653,7 +677,10 @@ impl MatrixSpec {
                     ("name", s(host)),
                     ("network", s("internet")),
                     ("addresses", arr(&[format!("192.0.2.{}", 120 + 10 * side)])),
-                    ("link", Value::Table(table(vec![("delay", ms(self.link_delay))]))),
+                    (
+                        "link",
+                        Value::Table(table(vec![("delay", ms(self.link_delay))])),
+                    ),
                 ]));
                 continue;
             }
@@ -819,7 +846,10 @@ fn describe(side: &str, e: &Effective) -> String {
     } else if !e.filters {
         format!("{side} has no NAT")
     } else if !e.translates {
-        format!("{side} sits behind a firewall with {} filtering", e.filtering.as_str())
+        format!(
+            "{side} sits behind a firewall with {} filtering",
+            e.filtering.as_str()
+        )
     } else {
         format!(
             "{side} has {} mapping and {} filtering",
@@ -900,7 +930,7 @@ pub fn expected(s: &Scenario, turn: Turn) -> Expected {
         Turn::Tcp => (true, true),
     };
     let (udp_a, udp_b) = (!ea.udp_blocked, !eb.udp_blocked);
-    let relays = (can_a && can_b) || (can_a && udp_b) || (can_b && udp_a);
+    let relays = (can_a && (can_b || udp_b)) || (can_b && udp_a);
     let tail = match (turn, relays) {
         (Turn::None, _) => "; no TURN server, so they cannot connect".to_owned(),
         (t, true) => format!("; they connect through TURN over {}", t.as_str()),
@@ -945,9 +975,18 @@ mod tests {
         let ids: std::collections::HashSet<_> = cells.iter().map(CellSpec::id).collect();
         assert_eq!(ids.len(), cells.len());
         assert!(cells.iter().enumerate().all(|(i, c)| c.index == i));
-        assert_eq!(cells[0].id(), "eim-eif|eim-eif|trickle|none|icepeer/icepeer");
-        assert_eq!(cells[1].id(), "eim-eif|eim-adf|trickle|none|icepeer/icepeer");
-        assert_eq!(cells.last().unwrap().id(), "apdm-apdf|apdm-apdf|vanilla|tcp|icepeer/aioice");
+        assert_eq!(
+            cells[0].id(),
+            "eim-eif|eim-eif|trickle|none|icepeer/icepeer"
+        );
+        assert_eq!(
+            cells[1].id(),
+            "eim-eif|eim-adf|trickle|none|icepeer/icepeer"
+        );
+        assert_eq!(
+            cells.last().unwrap().id(),
+            "apdm-apdf|apdm-apdf|vanilla|tcp|icepeer/aioice"
+        );
     }
 
     #[test]
@@ -999,7 +1038,11 @@ mod tests {
         let names = builtin_names();
         let text = format!(
             "[matrix]\nrows = [{}]\n",
-            names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ")
+            names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let m = spec(&text).unwrap();
         for c in m.cells() {
@@ -1026,14 +1069,24 @@ mod tests {
         )
         .unwrap();
         let e = expect(&m, "eim-apdf", "eim-apdf", Turn::None);
-        assert_eq!((e.connects, e.path), (true, Some(PathKind::Srflx)), "{}", e.reason);
+        assert_eq!(
+            (e.connects, e.path),
+            (true, Some(PathKind::Srflx)),
+            "{}",
+            e.reason
+        );
         let e = expect(&m, "apdm-apdf", "apdm-apdf", Turn::None);
         assert_eq!((e.connects, e.path), (false, None), "{}", e.reason);
         assert!(e.reason.contains("per destination"), "{}", e.reason);
         let e = expect(&m, "apdm-apdf", "apdm-apdf", Turn::Udp);
         assert_eq!((e.connects, e.path), (true, Some(PathKind::Relay)));
         let e = expect(&m, "apdm-apdf", "eim-eif", Turn::None);
-        assert_eq!((e.connects, e.path), (true, Some(PathKind::Prflx)), "{}", e.reason);
+        assert_eq!(
+            (e.connects, e.path),
+            (true, Some(PathKind::Prflx)),
+            "{}",
+            e.reason
+        );
         let e = expect(&m, "open", "open", Turn::Udp);
         assert_eq!((e.connects, e.path), (true, Some(PathKind::Host)));
         let e = expect(&m, "udp-blocked", "eim-eif", Turn::Udp);
@@ -1043,7 +1096,12 @@ mod tests {
         let e = expect(&m, "udp-blocked", "udp-blocked", Turn::Tcp);
         assert!(e.connects);
         let e = expect(&m, "double-nat", "double-nat", Turn::None);
-        assert_eq!((e.connects, e.path), (true, Some(PathKind::Srflx)), "{}", e.reason);
+        assert_eq!(
+            (e.connects, e.path),
+            (true, Some(PathKind::Srflx)),
+            "{}",
+            e.reason
+        );
         let e = expect(&m, "kernel-masquerade", "kernel-masquerade", Turn::None);
         assert_eq!((e.connects, e.path), (true, Some(PathKind::Srflx)));
         let e = expect(&m, "kernel-random-fully", "kernel-masquerade", Turn::None);

@@ -47,10 +47,11 @@ pub fn render(m: &Matrix) -> String {
                         peers.label()
                     )
                 };
-                let present = m
-                    .rows
-                    .iter()
-                    .any(|r| m.columns.iter().any(|c| by_id.contains_key(id(r, c).as_str())));
+                let present = m.rows.iter().any(|r| {
+                    m.columns
+                        .iter()
+                        .any(|c| by_id.contains_key(id(r, c).as_str()))
+                });
                 if !present {
                     continue;
                 }
