@@ -36,6 +36,12 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// Peer-reflexive remote candidates learnt from one remote IP address on one local base (see
+/// `Agent::may_learn_prflx`). A peer behind an address-and-port-dependent NAT legitimately shows
+/// one port per pair of (its base, our candidate on that base): a few host addresses times our
+/// host and server-reflexive candidates stays well below this.
+const MAX_PRFLX_PER_BASE_AND_IP: usize = 8;
+
 const ICE_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 fn random_string(rng: &mut StdRng, len: usize) -> String {
@@ -1145,6 +1151,13 @@ impl Agent {
             }
             return;
         };
+        // A check from an address we do not know would make a new peer-reflexive candidate
+        // (§7.3.1.3). When we could not keep it, do not answer either: a success would give the
+        // peer a valid pair (and, with USE-CANDIDATE, a selected one) that we do not have.
+        if !self.remotes.iter().any(|c| c.addr == from) && !self.may_learn_prflx(li, from) {
+            debug!(%from, "check from one more new address of the same peer: dropped");
+            return;
+        }
         // Role conflict (§7.3.1.1).
         if their_controlling == self.controlling {
             let ours_wins = self.tie_breaker >= their_tb;
@@ -1170,9 +1183,6 @@ impl Agent {
         let r = match self.remotes.iter().position(|c| c.addr == from) {
             Some(r) => r,
             None => {
-                if self.remotes.len() >= crate::sdp::MAX_CANDIDATES {
-                    return;
-                }
                 let foundation = format!("prflx{}", self.remotes.len());
                 self.remotes.push(Candidate::new(
                     CandidateKind::PeerReflexive,
@@ -1238,6 +1248,45 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Whether a check arriving on local candidate `li` from the unknown address `from` may
+    /// become a new peer-reflexive remote candidate.
+    ///
+    /// Behind two NATs that both map address-and-port-dependently and filter
+    /// endpoint-independently (RFC 4787 `apdm-eif` on both sides), peer-reflexive learning never
+    /// ends on its own: our triggered check to the peer's new address leaves our NAT through a
+    /// fresh mapping, which the peer's EIF NAT lets in, so the peer learns it as a new
+    /// peer-reflexive candidate and sends a triggered check of its own through a fresh mapping
+    /// of its NAT, which ours lets in, and so on; no response is ever symmetric. Unbounded, that
+    /// chain kept the Ta pacer busy with triggered checks (which go before ordinary ones, so the
+    /// relayed pairs were checked seconds late) and filled the remote candidate table, after
+    /// which the controlled agent answered the nominating check arriving on its relayed
+    /// candidate but could not pair it: the controlling agent selected a pair the controlled one
+    /// never had, and the latter timed out.
+    ///
+    /// So the peer-reflexive candidates of one remote IP address on one local base are bounded
+    /// ([`MAX_PRFLX_PER_BASE_AND_IP`]); a relayed candidate is a base of its own, and keeps its
+    /// own budget whatever happens on the host socket.
+    fn may_learn_prflx(&self, li: usize, from: SocketAddr) -> bool {
+        if self.remotes.len() >= crate::sdp::MAX_CANDIDATES {
+            return false;
+        }
+        let Some(base) = self.locals.get(li).map(|l| l.base) else {
+            return false;
+        };
+        let learnt = self
+            .remotes
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.kind == CandidateKind::PeerReflexive && r.addr.ip() == from.ip())
+            .filter(|(ri, _)| {
+                self.pairs.iter().any(|p| {
+                    p.remote == *ri && self.locals.get(p.local).is_some_and(|l| l.base == base)
+                })
+            })
+            .count();
+        learnt < MAX_PRFLX_PER_BASE_AND_IP
     }
 
     /// RFC 8445 §7.2.5: a response to one of our checks (or consent requests).
@@ -1791,5 +1840,93 @@ impl Agent {
                 self.send_via(now, via, dst, b);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A controlled agent with two host sockets, and a check signed as the peer would sign it.
+    fn agent_and_signer() -> (Agent, Instant, impl Fn(u64) -> Vec<u8>) {
+        let now = Instant::now();
+        let mut a = Agent::new(Config {
+            controlling: false,
+            seed: 5,
+            ..Config::default()
+        })
+        .unwrap();
+        a.add_host(now, "10.0.0.1:5000".parse().unwrap()).unwrap();
+        a.add_host(now, "10.0.0.2:5000".parse().unwrap()).unwrap();
+        a.set_remote_credentials(now, "peerufrag", "peerpasswordpeerpassword")
+            .unwrap();
+        let (ours, key) = (a.local_credentials().ufrag.clone(), a.local_key.clone());
+        let check = move |id: u64| {
+            let mut tid = [0u8; 12];
+            tid[..8].copy_from_slice(&id.to_be_bytes());
+            let username = format!("{ours}:peerufrag");
+            let req = CheckRequest {
+                id: TransactionId::from(tid),
+                username: &username,
+                priority: 1_000,
+                controlling: true,
+                tie_breaker: 1,
+                use_candidate: false,
+            };
+            message::check_request(&req, &key).unwrap()
+        };
+        (a, now, check)
+    }
+
+    /// Responses queued for `to`.
+    fn answers_to(a: &mut Agent, to: SocketAddr) -> usize {
+        let mut n = 0;
+        while let Some(t) = a.poll_transmit() {
+            if t.destination == to && message::is_stun(&t.payload) {
+                let m = Message::parse(&t.payload).unwrap();
+                if m.class() == Class::Success {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn peer_reflexive_learning_is_bounded_per_base_and_remote_ip() {
+        let (mut a, now, check) = agent_and_signer();
+        let base: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        // One peer IP showing a new port on every check (an APDM NAT): the first
+        // MAX_PRFLX_PER_BASE_AND_IP become candidates and are answered, the rest are dropped.
+        for i in 0..20u16 {
+            let from = SocketAddr::from(([203, 0, 113, 9], 1000 + i));
+            a.handle_packet(now, base, from, &check(u64::from(i)));
+            let answered = answers_to(&mut a, from);
+            let want = usize::from(usize::from(i) < MAX_PRFLX_PER_BASE_AND_IP);
+            assert_eq!(answered, want, "check {i}");
+        }
+        let prflx = |a: &Agent| {
+            a.remote_candidates()
+                .iter()
+                .filter(|c| c.kind == CandidateKind::PeerReflexive)
+                .count()
+        };
+        assert_eq!(prflx(&a), MAX_PRFLX_PER_BASE_AND_IP);
+        // An address already known is still answered.
+        let known = SocketAddr::from(([203, 0, 113, 9], 1000));
+        a.handle_packet(now, base, known, &check(100));
+        assert_eq!(answers_to(&mut a, known), 1);
+        // Another remote IP on the same base, and the same IP on another base, have budgets of
+        // their own (the relayed candidate is such another base).
+        let other_ip = SocketAddr::from(([203, 0, 113, 10], 1000));
+        a.handle_packet(now, base, other_ip, &check(101));
+        assert_eq!(answers_to(&mut a, other_ip), 1);
+        let other_base: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let same_ip = SocketAddr::from(([203, 0, 113, 9], 2000));
+        a.handle_packet(now, other_base, same_ip, &check(102));
+        assert_eq!(answers_to(&mut a, same_ip), 1);
+        assert_eq!(prflx(&a), MAX_PRFLX_PER_BASE_AND_IP + 2);
     }
 }

@@ -432,3 +432,118 @@ fn all_nine_by_nine_rfc4787_pairs_match_the_nat_oracle() {
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
+
+/// The nine RFC 4787 mapping x filtering combinations against each other with a TURN server
+/// (the `turn::relay` core) on the public network, trickle and vanilla: every pair connects,
+/// over the relay exactly where `nat::oracle::direct` says no direct path exists, and over the
+/// same direct path as without TURN elsewhere. (apdm-eif against apdm-eif once never
+/// connected: an endless chain of peer-reflexive candidates on the host sockets starved the
+/// relayed checks and filled the controlled agent's candidate table.)
+#[test]
+fn all_nine_by_nine_rfc4787_pairs_with_turn_connect_and_relay_only_when_impossible() {
+    use nat::Behavior::{
+        AddressAndPortDependent as Apd, AddressDependent as Ad, EndpointIndependent as Ei,
+    };
+    use nat::oracle::{Direct, Level, Remote, direct};
+    let combos = [
+        ("eim-eif", Ei, Ei),
+        ("eim-adf", Ei, Ad),
+        ("eim-apdf", Ei, Apd),
+        ("adm-eif", Ad, Ei),
+        ("adm-adf", Ad, Ad),
+        ("adm-apdf", Ad, Apd),
+        ("apdm-eif", Apd, Ei),
+        ("apdm-adf", Apd, Ad),
+        ("apdm-apdf", Apd, Apd),
+    ];
+    let mut mismatches = Vec::new();
+    let mut relayed = 0;
+    for (i, (a, am, af)) in combos.iter().enumerate() {
+        for (b, bm, bf) in combos.iter() {
+            for trickle in [true, false] {
+                let want = match direct(&[Level::nat(*am, *af)], &[Level::nat(*bm, *bf)]) {
+                    Direct::Connects(Remote::Signalled, Remote::Signalled) => Path::ServerReflexive,
+                    Direct::Connects(..) => Path::PeerReflexive,
+                    Direct::Impossible | Direct::UdpBlocked => Path::Relayed,
+                };
+                let mut w = World::new(
+                    4000 + i as u64,
+                    a,
+                    b,
+                    Opts {
+                        turn: true,
+                        trickle,
+                        ..Opts::default()
+                    },
+                );
+                let out = w.run(Duration::from_secs(40));
+                // icepeer gives up after 10 s: every cell must be well inside that.
+                let ok = out.connected
+                    && out.path_a == Some(want)
+                    && out.path_b == Some(want)
+                    && out.data_ok
+                    && out.connected_at.is_some_and(|t| t < Duration::from_secs(5));
+                if !ok {
+                    mismatches.push(format!(
+                        "{a} vs {b} trickle={trickle}: want {want:?}, agents {out:?}"
+                    ));
+                }
+                if want == Path::Relayed {
+                    relayed += 1;
+                }
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    // The oracle's impossible cells are the ones with a port-dependent mapping on one side
+    // against port-dependent filtering or mapping on the other: not a handful of them.
+    assert!(relayed >= 10, "{relayed}");
+}
+
+/// apdm-eif on both sides, the cell that never connected: every triggered check leaves through a
+/// fresh NAT mapping that the other side's EIF filter lets in, so each side keeps learning "new"
+/// peer-reflexive addresses of the other. The agents must bound that learning, check the relayed
+/// pairs in time, and agree on the relayed pair.
+#[test]
+fn apdm_eif_both_sides_relays_without_a_peer_reflexive_storm() {
+    for trickle in [true, false] {
+        let mut w = World::new(
+            4242,
+            "apdm-eif",
+            "apdm-eif",
+            Opts {
+                turn: true,
+                trickle,
+                ..Opts::default()
+            },
+        );
+        let out = w.run(Duration::from_secs(40));
+        let ctx = format!("trickle={trickle}: {out:?}");
+        assert!(out.connected, "{ctx}");
+        assert_eq!(out.path_a, Some(Path::Relayed), "{ctx}");
+        assert_eq!(out.path_b, Some(Path::Relayed), "{ctx}");
+        assert!(out.data_ok, "{ctx}");
+        assert!(out.connected_at.unwrap() < Duration::from_secs(3), "{ctx}");
+        for p in [&w.a, &w.b] {
+            let prflx = p
+                .agent
+                .remote_candidates()
+                .iter()
+                .filter(|c| c.kind == CandidateKind::PeerReflexive)
+                .count();
+            // Bounded per local base and remote IP (8 on the host socket, a few more through
+            // the relay); unbounded, the chain filled the 256-entry table.
+            assert!(prflx <= 12, "{prflx} prflx: {ctx}");
+        }
+        // Both agents selected the same path: each one's remote is the other's local.
+        let (al, ar) = w.a.agent.selected_pair().unwrap();
+        let (bl, br) = w.b.agent.selected_pair().unwrap();
+        assert_eq!(al.addr, br.addr, "{ctx}");
+        assert_eq!(bl.addr, ar.addr, "{ctx}");
+        // The connection lasts: consent over the relayed pair keeps both sides connected.
+        w.run_until(|_| false, Duration::from_secs(20));
+        assert!(w.a.agent.state().is_connected(), "{ctx}");
+        assert!(w.b.agent.state().is_connected(), "{ctx}");
+        assert!(w.exchange_data(), "{ctx}");
+    }
+}
