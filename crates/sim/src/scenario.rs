@@ -15,6 +15,7 @@ use nat::{Behavior, Mode, NatConfig, Pooling, PortAssignment};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::matrix::model::{Expected, Mode as IceMode, PathKind, Peers, Turn};
 use crate::topology::{Impairment, Ipv4Prefix};
 
 /// Longest host, NAT or network name: namespace names are `<run prefix>-<name>`.
@@ -61,6 +62,8 @@ struct RawScenario {
     probes: Vec<Spanned<RawProbe>>,
     #[serde(default, rename = "run")]
     runs: Vec<Spanned<RawRun>>,
+    #[serde(default, rename = "ice")]
+    ice: Vec<Spanned<RawIce>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +156,20 @@ struct RawRun {
     timeout: Option<Spanned<String>>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIce {
+    offer: Spanned<String>,
+    answer: Spanned<String>,
+    server: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    turn: Option<Spanned<String>>,
+    peers: Option<Spanned<String>>,
+    signaling_delay: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    expect: Option<Spanned<String>>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // The validated scenario.
 
@@ -177,6 +194,8 @@ pub struct Scenario {
     pub probes: Vec<ProbeDef>,
     /// Other commands to run inside hosts.
     pub runs: Vec<RunDef>,
+    /// ICE sessions between two hosts.
+    pub ice: Vec<IceDef>,
 }
 
 /// A network.
@@ -327,6 +346,94 @@ pub struct RunDef {
     pub expect_stdout: Option<String>,
     /// Give up (and fail) after this long.
     pub timeout: Duration,
+}
+
+/// What an `[[ice]]` session must come to, as the file says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IceExpect {
+    /// Both sides connect (any path).
+    Connected,
+    /// They do not connect.
+    Failed,
+    /// They connect on a host-host pair.
+    Host,
+    /// They connect on a pair whose worst candidate is server-reflexive.
+    Srflx,
+    /// They connect on a pair with a peer-reflexive candidate.
+    Prflx,
+    /// They connect through the TURN server.
+    Relay,
+    /// They connect on a direct (not relayed) path.
+    Direct,
+}
+
+impl IceExpect {
+    const WORDS: &[(&str, IceExpect)] = &[
+        ("connected", IceExpect::Connected),
+        ("failed", IceExpect::Failed),
+        ("host", IceExpect::Host),
+        ("srflx", IceExpect::Srflx),
+        ("prflx", IceExpect::Prflx),
+        ("relay", IceExpect::Relay),
+        ("direct", IceExpect::Direct),
+    ];
+
+    /// The word in the file.
+    pub fn as_str(self) -> &'static str {
+        Self::WORDS
+            .iter()
+            .find(|(_, v)| *v == self)
+            .map_or("?", |(w, _)| w)
+    }
+
+    /// Whether the session must connect.
+    pub fn connects(self) -> bool {
+        self != IceExpect::Failed
+    }
+
+    /// Whether a session that connected (or not) on `path` meets this expectation.
+    pub fn holds(self, connected: bool, path: Option<PathKind>) -> bool {
+        match self {
+            IceExpect::Failed => !connected,
+            IceExpect::Connected => connected,
+            IceExpect::Direct => connected && path.is_some_and(PathKind::is_direct),
+            IceExpect::Host => connected && path == Some(PathKind::Host),
+            IceExpect::Srflx => connected && path == Some(PathKind::Srflx),
+            IceExpect::Prflx => connected && path == Some(PathKind::Prflx),
+            IceExpect::Relay => connected && path == Some(PathKind::Relay),
+        }
+    }
+}
+
+/// One ICE session between two hosts (`[[ice]]`).
+#[derive(Debug, Clone)]
+pub struct IceDef {
+    /// Host index of the controlling agent (it offers).
+    pub offer: usize,
+    /// Host index of the controlled agent (it answers).
+    pub answer: usize,
+    /// Host index running turnd (STUN and TURN).
+    pub server: usize,
+    /// Trickle or vanilla.
+    pub mode: IceMode,
+    /// TURN setting.
+    pub turn: Turn,
+    /// Agents: `row` on the offer host, `column` on the answer host.
+    pub peers: Peers,
+    /// One-way signaling delay (outside the emulated network).
+    pub signaling_delay: Duration,
+    /// Each agent's ICE timeout.
+    pub timeout: Duration,
+    /// What the file says the session must come to.
+    pub expect: Option<IceExpect>,
+    /// What the RFC 4787 oracle expects, when the peers' ways to the server share no NAT
+    /// box; otherwise why it is not derived (`not derived: ...`).
+    pub derived: Result<Expected, String>,
+    /// NAT boxes between the offer host and the server, innermost first.
+    pub offer_chain: Vec<usize>,
+    /// NAT boxes between the answer host and the server, innermost first.
+    pub answer_chain: Vec<usize>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -911,6 +1018,12 @@ impl Cx<'_> {
             });
         }
 
+        // ICE sessions.
+        let mut ice = Vec::new();
+        for i in &raw.ice {
+            ice.push(self.ice(i.get_ref(), &host_names, &hosts, &nats, &gateway_of)?);
+        }
+
         Ok(Scenario {
             name,
             description: raw.description,
@@ -921,6 +1034,146 @@ impl Cx<'_> {
             hosts,
             probes,
             runs,
+            ice,
+        })
+    }
+
+    fn ice(
+        &self,
+        r: &RawIce,
+        host_names: &HashMap<String, usize>,
+        hosts: &[HostDef],
+        nats: &[NatDef],
+        gateway_of: &[Option<usize>],
+    ) -> Res<IceDef> {
+        let offer = self.lookup(host_names, &r.offer, "host")?;
+        let answer = self.lookup(host_names, &r.answer, "host")?;
+        let server = self.lookup(host_names, &r.server, "host")?;
+        if offer == answer {
+            return Err(self.err(
+                r.answer.span(),
+                format!(
+                    "offer and answer are both {:?}: an ICE session needs two hosts",
+                    hosts[offer].name
+                ),
+            ));
+        }
+        if !hosts[server].services.contains(&Service::Turnd) {
+            return Err(self.err(
+                r.server.span(),
+                format!(
+                    "host {:?} runs no STUN/TURN server: add services = [\"turnd\"] to it",
+                    hosts[server].name
+                ),
+            ));
+        }
+        let chain = |host: usize, span: Range<usize>| {
+            path_to(nats, gateway_of, hosts[host].network, hosts[server].network).ok_or_else(
+                || {
+                    self.err(
+                        span,
+                        format!(
+                            "server {:?} is not on host {:?}'s way out (its network and the \
+                             networks behind its gateways)",
+                            hosts[server].name, hosts[host].name
+                        ),
+                    )
+                },
+            )
+        };
+        let offer_chain = chain(offer, r.offer.span())?;
+        let answer_chain = chain(answer, r.answer.span())?;
+        let mode = match &r.mode {
+            Some(m) => self.word(
+                m,
+                "mode",
+                &[("trickle", IceMode::Trickle), ("vanilla", IceMode::Vanilla)],
+            )?,
+            None => IceMode::Trickle,
+        };
+        let turn = match &r.turn {
+            Some(t) => self.word(
+                t,
+                "turn",
+                &[("none", Turn::None), ("udp", Turn::Udp), ("tcp", Turn::Tcp)],
+            )?,
+            None => Turn::Udp,
+        };
+        let peers = match &r.peers {
+            Some(p) => Peers::parse(p.get_ref()).ok_or_else(|| {
+                self.err(
+                    p.span(),
+                    format!(
+                        "peers {:?} is not one of icepeer, aioice, icepeer/aioice, \
+                         aioice/icepeer (OFFER/ANSWER agents)",
+                        p.get_ref()
+                    ),
+                )
+            })?,
+            None => Peers {
+                row: crate::matrix::model::Agent::Icepeer,
+                column: crate::matrix::model::Agent::Icepeer,
+            },
+        };
+        let bounded = |v: &Option<Spanned<String>>, default: Duration, min: Duration, max: Duration| {
+            let Some(v) = v else { return Ok(default) };
+            match parse_duration(v.get_ref()) {
+                Some(d) if (min..=max).contains(&d) => Ok(d),
+                _ => Err(self.err(
+                    v.span(),
+                    format!(
+                        "{:?} is not a duration from {} ms to {} s (write e.g. \"50ms\", \"10s\")",
+                        v.get_ref(),
+                        min.as_millis(),
+                        max.as_secs()
+                    ),
+                )),
+            }
+        };
+        let signaling_delay = bounded(
+            &r.signaling_delay,
+            Duration::from_millis(50),
+            Duration::ZERO,
+            Duration::from_secs(10),
+        )?;
+        let timeout = bounded(
+            &r.timeout,
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        )?;
+        let expect = match &r.expect {
+            Some(e) => Some(self.word(e, "expect", IceExpect::WORDS)?),
+            None => None,
+        };
+        if let (Some(e), Turn::None) = (&r.expect, turn) {
+            if expect == Some(IceExpect::Relay) {
+                return Err(self.err(
+                    e.span(),
+                    "expect = \"relay\" with turn = \"none\": without TURN there is no relayed \
+                     path",
+                ));
+            }
+        }
+        let derived = ice_expectation(
+            nats,
+            (&hosts[offer].name, &offer_chain),
+            (&hosts[answer].name, &answer_chain),
+            turn,
+        );
+        Ok(IceDef {
+            offer,
+            answer,
+            server,
+            mode,
+            turn,
+            peers,
+            signaling_delay,
+            timeout,
+            expect,
+            derived,
+            offer_chain,
+            answer_chain,
         })
     }
 
@@ -1274,6 +1527,39 @@ pub fn derive_expectation(
         binding_lifetime_s: if lifetime && nat { lifetime_s } else { None },
         legacy: None,
     }
+}
+
+/// What the RFC 4787 oracle expects of an ICE session between a host behind `offer`'s chain
+/// and one behind `answer`'s (NAT box indices, innermost first, up to the server's network),
+/// by the rules of the connectivity matrices ([`crate::matrix::spec::expected_for`]). The
+/// oracle models two peers whose ways out meet only on the server's network; when the chains
+/// share a NAT box, the peers' path turns inside it (hairpinning, or a shortcut behind it),
+/// which it does not model: then `Err` says so.
+pub fn ice_expectation(
+    nats: &[NatDef],
+    (offer_name, offer): (&str, &[usize]),
+    (answer_name, answer): (&str, &[usize]),
+    turn: Turn,
+) -> Result<Expected, String> {
+    if let Some(shared) = offer.iter().find(|n| answer.contains(n)) {
+        let name = nats.get(*shared).map_or("?", |n| n.name.as_str());
+        return Err(format!(
+            "not derived: both peers are behind NAT box {name} (their path turns inside it, \
+             which the RFC 4787 oracle does not model)"
+        ));
+    }
+    let levels = |chain: &[usize]| -> Vec<nat::oracle::Level> {
+        chain
+            .iter()
+            .filter_map(|&i| nats.get(i))
+            .map(crate::matrix::spec::level_of)
+            .collect()
+    };
+    Ok(crate::matrix::spec::expected_between(
+        (&format!("offer {offer_name}"), &levels(offer)),
+        (&format!("answer {answer_name}"), &levels(answer)),
+        turn,
+    ))
 }
 
 /// Parse `150ms`, `30s`, `2m`, `1h`, `1.5s`.
