@@ -445,3 +445,89 @@ impl Accuracy {
         md
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::matrix::model::{Expected, Mode, PathKind, Peers, SideResult, Turn};
+    use crate::runner::IceResult;
+
+    fn result(ice: Vec<IceResult>) -> ScenarioResult {
+        ScenarioResult {
+            schema_version: 1,
+            scenario: "s".into(),
+            source: "s.toml".into(),
+            description: None,
+            seed: 1,
+            ok: ice.iter().all(|i| i.ok),
+            probes: Vec::new(),
+            runs: Vec::new(),
+            ice,
+            setup_ms: 1,
+            teardown_ms: 1,
+            elapsed_ms: 2,
+            fabric: Value::Null,
+            pcap: Vec::new(),
+        }
+    }
+
+    fn session(ok: bool, derived: bool) -> IceResult {
+        IceResult {
+            offer: "alice".into(),
+            answer: "bob".into(),
+            server: "stun".into(),
+            mode: Mode::Trickle,
+            turn: Turn::Udp,
+            peers: Peers::parse("icepeer/aioice").unwrap(),
+            offer_chain: vec!["home_nat".into(), "cgn".into()],
+            answer_chain: vec!["cgn".into()],
+            connected: true,
+            path: Some(PathKind::Prflx),
+            pair: Some("prflx-host".into()),
+            time_to_connected_ms: Some(108.7),
+            checks_sent: Some(4),
+            expect: None,
+            expected: derived.then(|| Expected {
+                connects: true,
+                path: Some(PathKind::Srflx),
+                reason: "the oracle's reason".into(),
+            }),
+            not_derived: (!derived).then(|| "not derived: both peers are behind NAT box cgn".into()),
+            checks: Vec::new(),
+            ok,
+            offer_side: SideResult {
+                agent: "icepeer".into(),
+                connected: true,
+                ..SideResult::default()
+            },
+            answer_side: SideResult {
+                agent: "aioice".into(),
+                failure: Some("timeout".into()),
+                ..SideResult::default()
+            },
+            error: None,
+            elapsed_ms: 200,
+        }
+    }
+
+    #[test]
+    fn ice_sessions_get_their_own_table_and_section() {
+        let r = result(vec![session(true, false), session(false, true)]);
+        let t = render(&r);
+        assert!(t.contains("ICE offer → answer"), "{t}");
+        assert!(t.contains("prflx prflx-host 109 ms"), "{t}");
+        assert!(t.contains("- (not derived)"), "{t}");
+        assert!(t.contains("srflx (oracle)"), "{t}");
+        assert!(t.contains("not derived: both peers are behind NAT box cgn"), "{t}");
+        assert!(t.contains("MISMATCH") && t.contains("FAIL"), "{t}");
+        // No empty probe table when a scenario has only ICE sessions.
+        assert!(!t.contains("property"), "{t}");
+        let md = summary_md(&r);
+        assert!(md.contains("## ICE sessions"), "{md}");
+        assert!(md.contains("| alice → bob | trickle, TURN udp, icepeer/aioice |"), "{md}");
+        assert!(md.contains("offer via `home_nat` → `cgn`, answer via `cgn`"), "{md}");
+        assert!(md.contains("the oracle's reason"), "{md}");
+        assert!(md.contains("answer (aioice): not connected (timeout)"), "{md}");
+    }
+}

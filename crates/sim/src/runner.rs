@@ -986,3 +986,60 @@ fn list_pcaps(dir: &std::path::Path) -> Vec<String> {
     v.sort();
     v
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn outcome(connected: bool, path: Option<PathKind>) -> session::Outcome {
+        session::Outcome {
+            connected,
+            path,
+            pair: None,
+            time_to_connected_ms: None,
+            checks_sent: None,
+        }
+    }
+
+    fn oracle(connects: bool, path: Option<PathKind>) -> Expected {
+        Expected {
+            connects,
+            path,
+            reason: "r".into(),
+        }
+    }
+
+    #[test]
+    fn ice_checks_prefer_the_file_then_the_oracle() {
+        let srflx = outcome(true, Some(PathKind::Srflx));
+        // The oracle alone: connected and on its path.
+        let c = ice_checks(None, Some(&oracle(true, Some(PathKind::Srflx))), &srflx, None);
+        assert_eq!(c.len(), 2);
+        assert!(c.iter().all(|c| c.ok), "{c:?}");
+        let c = ice_checks(None, Some(&oracle(true, Some(PathKind::Prflx))), &srflx, None);
+        assert!(c[0].ok && !c[1].ok, "{c:?}");
+        assert_eq!(c[1].expected, "prflx");
+        assert_eq!(c[1].detected, "srflx");
+        // The file's word wins over the oracle.
+        let c = ice_checks(
+            Some(IceExpect::Direct),
+            Some(&oracle(false, None)),
+            &srflx,
+            None,
+        );
+        assert!(c.iter().all(|c| c.ok), "{c:?}");
+        let failed = outcome(false, None);
+        let c = ice_checks(Some(IceExpect::Relay), None, &failed, None);
+        assert_eq!(c.iter().filter(|c| !c.ok).count(), 2, "{c:?}");
+        let c = ice_checks(Some(IceExpect::Failed), None, &failed, None);
+        assert_eq!(c.len(), 1);
+        assert!(c[0].ok);
+        // Neither: nothing to check, unless the session could not run.
+        assert!(ice_checks(None, None, &srflx, None).is_empty());
+        let c = ice_checks(None, None, &failed, Some("cannot start the agent"));
+        assert_eq!(c.len(), 1);
+        assert!(!c[0].ok);
+        assert_eq!(c[0].property, "session");
+    }
+}

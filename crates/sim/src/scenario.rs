@@ -1888,4 +1888,257 @@ hairpinning = true
         assert_eq!(parse_rate("1Gbit"), Some(1_000_000_000));
         assert_eq!(parse_rate("10"), None);
     }
+
+    /// BASE plus bob behind a symmetric NAT of his own, and a second carrier-like layout:
+    /// carol behind `cgn` with dave behind `home2` inside it.
+    fn ice_base() -> String {
+        format!(
+            "{BASE}{}",
+            r#"
+[[network]]
+name = "home_b"
+prefixes = ["192.168.2.0/24"]
+
+[[nat]]
+name = "nat_b"
+preset = "symmetric"
+inside = "home_b"
+outside = "internet"
+inside_address = "192.168.2.1"
+external = ["198.51.100.20"]
+
+[[host]]
+name = "bob"
+network = "home_b"
+addresses = ["192.168.2.10"]
+
+[[network]]
+name = "carrier"
+prefixes = ["100.64.0.0/24"]
+
+[[network]]
+name = "home_d"
+prefixes = ["192.168.4.0/24"]
+
+[[nat]]
+name = "cgn"
+preset = "cgnat"
+inside = "carrier"
+outside = "internet"
+inside_address = "100.64.0.1"
+external = ["198.51.100.30"]
+
+[[nat]]
+name = "home2"
+preset = "port-restricted-cone"
+inside = "home_d"
+outside = "carrier"
+inside_address = "192.168.4.1"
+external = ["100.64.0.2"]
+
+[[host]]
+name = "carol"
+network = "carrier"
+addresses = ["100.64.0.20"]
+
+[[host]]
+name = "dave"
+network = "home_d"
+addresses = ["192.168.4.10"]
+
+[[host]]
+name = "plain"
+network = "internet"
+addresses = ["203.0.113.50"]
+"#
+        )
+    }
+
+    fn with_ice(body: &str) -> String {
+        format!("{}\n[[ice]]\n{body}", ice_base())
+    }
+
+    #[test]
+    fn ice_sessions_parse_with_defaults_and_derive_the_oracle() {
+        let s = parse_str(&with_ice(
+            "offer = \"alice\"\nanswer = \"bob\"\nserver = \"stun\"\nturn = \"none\"\n",
+        ))
+        .unwrap();
+        assert_eq!(s.ice.len(), 1);
+        let i = &s.ice[0];
+        assert_eq!(s.hosts[i.offer].name, "alice");
+        assert_eq!(s.hosts[i.answer].name, "bob");
+        assert_eq!(s.hosts[i.server].name, "stun");
+        assert_eq!(i.mode, IceMode::Trickle);
+        assert_eq!(i.turn, Turn::None);
+        assert_eq!(i.peers.label(), "icepeer/icepeer");
+        assert_eq!(i.signaling_delay, Duration::from_millis(50));
+        assert_eq!(i.timeout, Duration::from_secs(10));
+        assert_eq!(i.expect, None);
+        let names = |c: &[usize]| c.iter().map(|&n| s.nats[n].name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&i.offer_chain), ["home_nat"]);
+        assert_eq!(names(&i.answer_chain), ["nat_b"]);
+        // BASE's home_nat is the default model (EIM/APDF): bob's per-destination checks come
+        // from ports alice's filter never opened, and there is no TURN.
+        let e = i.derived.as_ref().unwrap();
+        assert_eq!((e.connects, e.path), (false, None), "{}", e.reason);
+        assert!(e.reason.contains("offer alice"), "{}", e.reason);
+        assert!(e.reason.contains("answer bob maps per destination"), "{}", e.reason);
+        // A public host has no filter: bob's checks get in, from a port nobody signalled.
+        let s2 = parse_str(&with_ice(
+            "offer = \"plain\"\nanswer = \"bob\"\nserver = \"stun\"\nturn = \"none\"\n",
+        ))
+        .unwrap();
+        let e = s2.ice[0].derived.as_ref().unwrap();
+        assert_eq!((e.connects, e.path), (true, Some(PathKind::Prflx)), "{}", e.reason);
+
+        // Every key given.
+        let s = parse_str(&with_ice(
+            "offer = \"bob\"\nanswer = \"dave\"\nserver = \"stun\"\nmode = \"vanilla\"\n\
+             turn = \"tcp\"\npeers = \"aioice/icepeer\"\nsignaling_delay = \"0ms\"\n\
+             timeout = \"3s\"\nexpect = \"direct\"\n",
+        ))
+        .unwrap();
+        let i = &s.ice[0];
+        assert_eq!(i.mode, IceMode::Vanilla);
+        assert_eq!(i.turn, Turn::Tcp);
+        assert_eq!(i.peers.label(), "aioice/icepeer");
+        assert_eq!(i.signaling_delay, Duration::ZERO);
+        assert_eq!(i.timeout, Duration::from_secs(3));
+        assert_eq!(i.expect, Some(IceExpect::Direct));
+    }
+
+    /// The derived expectation is the matrix's: the same function on the same levels.
+    #[test]
+    fn ice_expectation_is_the_matrix_oracle_on_the_chains() {
+        // Symmetric (bob) against the port-restricted cone inside the CGN (dave): no direct
+        // path; TURN decides.
+        for (turn, want) in [
+            ("none", (false, None)),
+            ("udp", (true, Some(PathKind::Relay))),
+        ] {
+            let s = parse_str(&with_ice(&format!(
+                "offer = \"bob\"\nanswer = \"dave\"\nserver = \"stun\"\nturn = \"{turn}\"\n"
+            )))
+            .unwrap();
+            let i = &s.ice[0];
+            let e = i.derived.as_ref().unwrap();
+            assert_eq!((e.connects, e.path), want, "{}", e.reason);
+            let levels = |c: &[usize]| {
+                c.iter()
+                    .map(|&n| crate::matrix::spec::level_of(&s.nats[n]))
+                    .collect::<Vec<_>>()
+            };
+            let m = crate::matrix::spec::expected_for(
+                &levels(&i.offer_chain),
+                &levels(&i.answer_chain),
+                i.turn,
+            );
+            assert_eq!((m.connects, m.path), (e.connects, e.path));
+        }
+        // Two public hosts: host candidates.
+        let s = parse_str(&with_ice(
+            "offer = \"plain\"\nanswer = \"stun\"\nserver = \"stun\"\n",
+        ))
+        .unwrap();
+        let e = s.ice[0].derived.as_ref().unwrap();
+        assert_eq!((e.connects, e.path), (true, Some(PathKind::Host)));
+    }
+
+    #[test]
+    fn peers_behind_a_shared_nat_get_no_derived_expectation() {
+        // carol sits in the carrier network, dave behind home2 inside it: both cross cgn.
+        let s = parse_str(&with_ice(
+            "offer = \"dave\"\nanswer = \"carol\"\nserver = \"stun\"\nexpect = \"prflx\"\n",
+        ))
+        .unwrap();
+        let i = &s.ice[0];
+        let why = i.derived.as_ref().unwrap_err();
+        assert!(
+            why.starts_with("not derived: both peers are behind NAT box cgn"),
+            "{why}"
+        );
+        assert_eq!(i.expect, Some(IceExpect::Prflx));
+        // The shipped double NAT scenario: alice and bob both behind the CGN.
+        let s = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/double_nat.toml"))
+            .unwrap();
+        let i = &s.ice[0];
+        assert!(
+            i.derived
+                .as_ref()
+                .is_err_and(|w| w.contains("both peers are behind NAT box cgn")),
+            "{:?}",
+            i.derived
+        );
+        assert_eq!(i.expect, Some(IceExpect::Prflx));
+    }
+
+    #[test]
+    fn ice_mistakes_name_the_line() {
+        let base_lines = ice_base().lines().count() + 2;
+        let bad = |body: &str| {
+            let (line, msg) = error_at(&with_ice(body));
+            (line.map(|l| l - base_lines), msg)
+        };
+        let ok = "offer = \"alice\"\nanswer = \"bob\"\nserver = \"stun\"\n";
+        let (line, msg) = bad(&ok.replace("\"bob\"", "\"bobby\""));
+        assert_eq!(line, Some(2), "{msg}");
+        assert!(msg.contains("no host named \"bobby\""), "{msg}");
+        let (line, msg) = bad(&ok.replace("\"bob\"", "\"alice\""));
+        assert_eq!(line, Some(2), "{msg}");
+        assert!(msg.contains("needs two hosts"), "{msg}");
+        let (line, msg) = bad(&ok.replace("server = \"stun\"", "server = \"plain\""));
+        assert_eq!(line, Some(3), "{msg}");
+        assert!(msg.contains("add services = [\"turnd\"]"), "{msg}");
+        // The server must be on both peers' way out.
+        let text = with_ice(&ok.replace("server = \"stun\"", "server = \"carol\"")).replace(
+            "addresses = [\"100.64.0.20\"]",
+            "addresses = [\"100.64.0.20\"]\nservices = [\"turnd\"]",
+        );
+        let (line, msg) = error_at(&text);
+        // One line more before the body (carol's services): offer is on line 2.
+        assert_eq!(line.map(|l| l - base_lines), Some(2), "{msg}");
+        assert!(
+            msg.contains("server \"carol\" is not on host \"alice\"'s way out"),
+            "{msg}"
+        );
+        for (key, value, words) in [
+            ("mode", "\"sometimes\"", "trickle, vanilla"),
+            ("turn", "\"sctp\"", "none, udp, tcp"),
+            ("peers", "\"libjuice\"", "icepeer/aioice"),
+            ("expect", "\"fast\"", "connected, failed, host"),
+            ("timeout", "\"soon\"", "duration"),
+            ("timeout", "\"0.5s\"", "duration from 1000 ms"),
+            ("timeout", "\"11m\"", "to 600 s"),
+            ("signaling_delay", "\"11s\"", "duration"),
+        ] {
+            let (line, msg) = bad(&format!("{ok}{key} = {value}\n"));
+            assert_eq!(line, Some(4), "{key}: {msg}");
+            assert!(msg.contains(words), "{key}: {msg}");
+        }
+        let (line, msg) = bad(&format!("{ok}turn = \"none\"\nexpect = \"relay\"\n"));
+        assert_eq!(line, Some(5), "{msg}");
+        assert!(msg.contains("no relayed path"), "{msg}");
+        let (line, msg) = bad(&format!("{ok}bogus = 1\n"));
+        assert!(msg.contains("bogus"), "{msg} at {line:?}");
+        let (_, msg) = bad("offer = \"alice\"\nserver = \"stun\"\n");
+        assert!(msg.contains("answer"), "{msg}");
+    }
+
+    #[test]
+    fn ice_expect_words_judge_outcomes() {
+        use IceExpect as X;
+        assert!(X::Failed.holds(false, None));
+        assert!(!X::Failed.holds(true, Some(PathKind::Relay)));
+        assert!(X::Connected.holds(true, Some(PathKind::Relay)));
+        assert!(X::Direct.holds(true, Some(PathKind::Prflx)));
+        assert!(!X::Direct.holds(true, Some(PathKind::Relay)));
+        assert!(!X::Direct.holds(false, None));
+        assert!(X::Srflx.holds(true, Some(PathKind::Srflx)));
+        assert!(!X::Srflx.holds(true, Some(PathKind::Prflx)));
+        assert!(!X::Relay.holds(false, Some(PathKind::Relay)));
+        for (w, x) in IceExpect::WORDS {
+            assert_eq!(x.as_str(), *w);
+        }
+    }
 }

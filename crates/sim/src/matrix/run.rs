@@ -414,7 +414,7 @@ mod tests {
             row: "a".into(),
             column: "b".into(),
             mode: super::super::model::Mode::Trickle,
-            turn: Turn::Udp,
+            turn: super::super::model::Turn::Udp,
             peers: super::super::model::Peers::parse("icepeer").unwrap(),
             connected: false,
             path: None,
