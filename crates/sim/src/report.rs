@@ -91,7 +91,11 @@ pub fn render(r: &ScenarioResult) -> String {
             ]);
         }
         let _ = writeln!(out, "{t}");
-        for i in r.ice.iter().filter_map(|i| i.not_derived.as_ref().map(|n| (i, n))) {
+        for i in r
+            .ice
+            .iter()
+            .filter_map(|i| i.not_derived.as_ref().map(|n| (i, n)))
+        {
             let _ = writeln!(out, "{} → {}: expectation {}", i.0.offer, i.0.answer, i.1);
         }
     }
@@ -493,7 +497,8 @@ mod tests {
                 path: Some(PathKind::Srflx),
                 reason: "the oracle's reason".into(),
             }),
-            not_derived: (!derived).then(|| "not derived: both peers are behind NAT box cgn".into()),
+            not_derived: (!derived)
+                .then(|| "not derived: both peers are behind NAT box cgn".into()),
             checks: Vec::new(),
             ok,
             offer_side: SideResult {
@@ -519,15 +524,27 @@ mod tests {
         assert!(t.contains("prflx prflx-host 109 ms"), "{t}");
         assert!(t.contains("- (not derived)"), "{t}");
         assert!(t.contains("srflx (oracle)"), "{t}");
-        assert!(t.contains("not derived: both peers are behind NAT box cgn"), "{t}");
+        assert!(
+            t.contains("not derived: both peers are behind NAT box cgn"),
+            "{t}"
+        );
         assert!(t.contains("MISMATCH") && t.contains("FAIL"), "{t}");
         // No empty probe table when a scenario has only ICE sessions.
         assert!(!t.contains("property"), "{t}");
         let md = summary_md(&r);
         assert!(md.contains("## ICE sessions"), "{md}");
-        assert!(md.contains("| alice → bob | trickle, TURN udp, icepeer/aioice |"), "{md}");
-        assert!(md.contains("offer via `home_nat` → `cgn`, answer via `cgn`"), "{md}");
+        assert!(
+            md.contains("| alice → bob | trickle, TURN udp, icepeer/aioice |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("offer via `home_nat` → `cgn`, answer via `cgn`"),
+            "{md}"
+        );
         assert!(md.contains("the oracle's reason"), "{md}");
-        assert!(md.contains("answer (aioice): not connected (timeout)"), "{md}");
+        assert!(
+            md.contains("answer (aioice): not connected (timeout)"),
+            "{md}"
+        );
     }
 }

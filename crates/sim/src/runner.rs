@@ -1014,10 +1014,20 @@ mod tests {
     fn ice_checks_prefer_the_file_then_the_oracle() {
         let srflx = outcome(true, Some(PathKind::Srflx));
         // The oracle alone: connected and on its path.
-        let c = ice_checks(None, Some(&oracle(true, Some(PathKind::Srflx))), &srflx, None);
+        let c = ice_checks(
+            None,
+            Some(&oracle(true, Some(PathKind::Srflx))),
+            &srflx,
+            None,
+        );
         assert_eq!(c.len(), 2);
         assert!(c.iter().all(|c| c.ok), "{c:?}");
-        let c = ice_checks(None, Some(&oracle(true, Some(PathKind::Prflx))), &srflx, None);
+        let c = ice_checks(
+            None,
+            Some(&oracle(true, Some(PathKind::Prflx))),
+            &srflx,
+            None,
+        );
         assert!(c[0].ok && !c[1].ok, "{c:?}");
         assert_eq!(c[1].expected, "prflx");
         assert_eq!(c[1].detected, "srflx");

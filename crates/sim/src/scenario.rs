@@ -1068,18 +1068,16 @@ impl Cx<'_> {
             ));
         }
         let chain = |host: usize, span: Range<usize>| {
-            path_to(nats, gateway_of, hosts[host].network, hosts[server].network).ok_or_else(
-                || {
-                    self.err(
-                        span,
-                        format!(
-                            "server {:?} is not on host {:?}'s way out (its network and the \
+            path_to(nats, gateway_of, hosts[host].network, hosts[server].network).ok_or_else(|| {
+                self.err(
+                    span,
+                    format!(
+                        "server {:?} is not on host {:?}'s way out (its network and the \
                              networks behind its gateways)",
-                            hosts[server].name, hosts[host].name
-                        ),
-                    )
-                },
-            )
+                        hosts[server].name, hosts[host].name
+                    ),
+                )
+            })
         };
         let offer_chain = chain(offer, r.offer.span())?;
         let answer_chain = chain(answer, r.answer.span())?;
@@ -1115,9 +1113,10 @@ impl Cx<'_> {
                 column: crate::matrix::model::Agent::Icepeer,
             },
         };
-        let bounded = |v: &Option<Spanned<String>>, default: Duration, min: Duration, max: Duration| {
-            let Some(v) = v else { return Ok(default) };
-            match parse_duration(v.get_ref()) {
+        let bounded =
+            |v: &Option<Spanned<String>>, default: Duration, min: Duration, max: Duration| {
+                let Some(v) = v else { return Ok(default) };
+                match parse_duration(v.get_ref()) {
                 Some(d) if (min..=max).contains(&d) => Ok(d),
                 _ => Err(self.err(
                     v.span(),
@@ -1129,7 +1128,7 @@ impl Cx<'_> {
                     ),
                 )),
             }
-        };
+            };
         let signaling_delay = bounded(
             &r.signaling_delay,
             Duration::from_millis(50),
@@ -1975,7 +1974,11 @@ addresses = ["203.0.113.50"]
         assert_eq!(i.signaling_delay, Duration::from_millis(50));
         assert_eq!(i.timeout, Duration::from_secs(10));
         assert_eq!(i.expect, None);
-        let names = |c: &[usize]| c.iter().map(|&n| s.nats[n].name.clone()).collect::<Vec<_>>();
+        let names = |c: &[usize]| {
+            c.iter()
+                .map(|&n| s.nats[n].name.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(&i.offer_chain), ["home_nat"]);
         assert_eq!(names(&i.answer_chain), ["nat_b"]);
         // BASE's home_nat is the default model (EIM/APDF): bob's per-destination checks come
@@ -1983,14 +1986,23 @@ addresses = ["203.0.113.50"]
         let e = i.derived.as_ref().unwrap();
         assert_eq!((e.connects, e.path), (false, None), "{}", e.reason);
         assert!(e.reason.contains("offer alice"), "{}", e.reason);
-        assert!(e.reason.contains("answer bob maps per destination"), "{}", e.reason);
+        assert!(
+            e.reason.contains("answer bob maps per destination"),
+            "{}",
+            e.reason
+        );
         // A public host has no filter: bob's checks get in, from a port nobody signalled.
         let s2 = parse_str(&with_ice(
             "offer = \"plain\"\nanswer = \"bob\"\nserver = \"stun\"\nturn = \"none\"\n",
         ))
         .unwrap();
         let e = s2.ice[0].derived.as_ref().unwrap();
-        assert_eq!((e.connects, e.path), (true, Some(PathKind::Prflx)), "{}", e.reason);
+        assert_eq!(
+            (e.connects, e.path),
+            (true, Some(PathKind::Prflx)),
+            "{}",
+            e.reason
+        );
 
         // Every key given.
         let s = parse_str(&with_ice(
@@ -2060,8 +2072,9 @@ addresses = ["203.0.113.50"]
         );
         assert_eq!(i.expect, Some(IceExpect::Prflx));
         // The shipped double NAT scenario: alice and bob both behind the CGN.
-        let s = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/double_nat.toml"))
-            .unwrap();
+        let s =
+            load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/double_nat.toml"))
+                .unwrap();
         let i = &s.ice[0];
         assert!(
             i.derived

@@ -163,13 +163,21 @@ fn ice_sessions_in_a_scenario_meet_the_oracle() {
     require_root();
     let reports = tempdir("ice");
     let o = sim()
-        .args(["run", "scenarios/ice_home_to_home.toml", "--no-pcap", "--reports"])
+        .args([
+            "run",
+            "scenarios/ice_home_to_home.toml",
+            "--no-pcap",
+            "--reports",
+        ])
         .arg(&reports)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("ICE offer → answer") && out.contains("PASS"), "{out}");
+    assert!(
+        out.contains("ICE offer → answer") && out.contains("PASS"),
+        "{out}"
+    );
     let json: serde_json::Value = serde_json::from_slice(
         &std::fs::read(reports.join("ice_home_to_home/result.json")).unwrap(),
     )
@@ -187,7 +195,14 @@ fn ice_sessions_in_a_scenario_meet_the_oracle() {
         assert_eq!(i["not_derived"], serde_json::Value::Null, "{i}");
         assert_eq!(i["error"], serde_json::Value::Null, "{i}");
         assert_eq!(i["ok"], true, "{i}");
-        assert!(i["checks"].as_array().unwrap().iter().all(|c| c["ok"] == true), "{i}");
+        assert!(
+            i["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["ok"] == true),
+            "{i}"
+        );
     }
     // Port-restricted cone against symmetric without TURN: no direct path, no relay.
     let (a, b) = (&ice[0], &ice[1]);
@@ -198,7 +213,10 @@ fn ice_sessions_in_a_scenario_meet_the_oracle() {
     assert_eq!(a["offer_side"]["agent"], "icepeer");
     assert!(a["offer_side"]["checks_sent"].as_u64().unwrap() > 0, "{a}");
     // With TURN over UDP, aioice answering in vanilla mode: relayed.
-    assert_eq!((b["mode"].as_str(), b["turn"].as_str()), (Some("vanilla"), Some("udp")));
+    assert_eq!(
+        (b["mode"].as_str(), b["turn"].as_str()),
+        (Some("vanilla"), Some("udp"))
+    );
     assert_eq!(b["peers"], "icepeer/aioice");
     assert_eq!(b["expected"]["path"], "relay", "{b}");
     assert_eq!(b["connected"], true, "{b}");
@@ -234,7 +252,13 @@ fn a_failed_ice_expectation_fails_the_run() {
             .unwrap();
     assert_eq!(json["ok"], false);
     // Everything else held: the session is what failed, on its path.
-    assert!(json["probes"].as_array().unwrap().iter().all(|p| p["ok"] == true));
+    assert!(
+        json["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["ok"] == true)
+    );
     let ice = &json["ice"][0];
     assert_eq!(ice["ok"], false, "{ice}");
     let path = ice["checks"]
@@ -243,7 +267,10 @@ fn a_failed_ice_expectation_fails_the_run() {
         .iter()
         .find(|c| c["property"] == "path")
         .unwrap();
-    assert_eq!((&path["expected"], &path["ok"]), (&"relay".into(), &false.into()));
+    assert_eq!(
+        (&path["expected"], &path["ok"]),
+        (&"relay".into(), &false.into())
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -309,7 +309,12 @@ fn peer_command(
     files: &Signaling,
 ) -> Result<Command, String> {
     let (host, agent, sig_in, sig_out) = if offer {
-        (&s.offer_host, s.peers.row, &files.offer_in, &files.offer_out)
+        (
+            &s.offer_host,
+            s.peers.row,
+            &files.offer_in,
+            &files.offer_out,
+        )
     } else {
         (
             &s.answer_host,
