@@ -7,7 +7,7 @@ use std::path::Path;
 use comfy_table::{Cell, Color, ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::Value;
 
-use crate::runner::{Check, ScenarioResult};
+use crate::runner::{Check, IceResult, ScenarioResult};
 
 fn show(v: &Value) -> String {
     match v {
@@ -73,7 +73,32 @@ pub fn render(r: &ScenarioResult) -> String {
         let _ = write!(out, ": {d}");
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "{t}");
+    if r.ice.is_empty() || !(r.probes.is_empty() && r.runs.is_empty()) {
+        let _ = writeln!(out, "{t}");
+    }
+    if !r.ice.is_empty() {
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Dynamic)
+            .set_header(vec!["ICE offer → answer", "session", "expected", "got", ""]);
+        for i in &r.ice {
+            t.add_row(vec![
+                Cell::new(format!("{} → {}", i.offer, i.answer)),
+                Cell::new(ice_session(i)),
+                Cell::new(ice_expected(i)),
+                Cell::new(ice_got(i)),
+                Cell::new(mark(i.ok)).fg(if i.ok { Color::Green } else { Color::Red }),
+            ]);
+        }
+        let _ = writeln!(out, "{t}");
+        for i in r
+            .ice
+            .iter()
+            .filter_map(|i| i.not_derived.as_ref().map(|n| (i, n)))
+        {
+            let _ = writeln!(out, "{} → {}: expectation {}", i.0.offer, i.0.answer, i.1);
+        }
+    }
     let _ = writeln!(
         out,
         "{} — setup {} ms, teardown {} ms, total {} ms",
@@ -83,6 +108,48 @@ pub fn render(r: &ScenarioResult) -> String {
         r.elapsed_ms
     );
     out
+}
+
+/// `trickle, TURN udp, icepeer/aioice`.
+fn ice_session(i: &IceResult) -> String {
+    format!(
+        "{}, TURN {}, {}",
+        i.mode.as_str(),
+        i.turn.as_str(),
+        i.peers.label()
+    )
+}
+
+/// What the session was checked against: the file's word, the oracle's, or nothing.
+fn ice_expected(i: &IceResult) -> String {
+    let oracle = i.expected.as_ref().map(|e| match (e.connects, e.path) {
+        (true, Some(p)) => p.as_str().to_owned(),
+        (true, None) => "connected".to_owned(),
+        (false, _) => "failed".to_owned(),
+    });
+    match (i.expect, oracle) {
+        (Some(x), _) => format!("{} (file)", x.as_str()),
+        (None, Some(o)) => format!("{o} (oracle)"),
+        (None, None) => "- (not derived)".to_owned(),
+    }
+}
+
+/// What happened: `srflx srflx-prflx 182 ms`, `failed`, `error: ...`.
+fn ice_got(i: &IceResult) -> String {
+    if let Some(e) = &i.error {
+        return format!("error: {e}");
+    }
+    if !i.connected {
+        return "failed".to_owned();
+    }
+    let mut s = i.path.map_or("connected", |p| p.as_str()).to_owned();
+    if let Some(p) = &i.pair {
+        let _ = write!(s, " {p}");
+    }
+    if let Some(t) = i.time_to_connected_ms {
+        let _ = write!(s, " {t:.0} ms");
+    }
+    s
 }
 
 /// `summary.md` for one scenario.
@@ -142,10 +209,106 @@ pub fn summary_md(r: &ScenarioResult) -> String {
         }
         let _ = writeln!(md);
     }
+    if !r.ice.is_empty() {
+        md.push_str(&ice_md(&r.ice));
+    }
     if !r.pcap.is_empty() {
         let _ = writeln!(md, "## Captures\n");
         for p in &r.pcap {
             let _ = writeln!(md, "- [{p}]({p})");
+        }
+    }
+    md
+}
+
+fn ice_md(ice: &[IceResult]) -> String {
+    let mut md = String::from(
+        "## ICE sessions\n\n| offer → answer | session | expected | got | checks sent | |\n\
+         |---|---|---|---|---|---|\n",
+    );
+    for i in ice {
+        let _ = writeln!(
+            md,
+            "| {} → {} | {} | {} | {} | {} | {} |",
+            i.offer,
+            i.answer,
+            ice_session(i),
+            ice_expected(i),
+            ice_got(i).replace('|', "/"),
+            i.checks_sent.map_or("-".into(), |c| c.to_string()),
+            mark(i.ok)
+        );
+    }
+    let _ = writeln!(md);
+    for i in ice {
+        let _ = writeln!(
+            md,
+            "### `{}` → `{}` ({}): {}\n",
+            i.offer,
+            i.answer,
+            ice_session(i),
+            if i.ok { "pass" } else { "FAIL" }
+        );
+        let chain = |c: &[String]| {
+            if c.is_empty() {
+                "no NAT box".to_owned()
+            } else {
+                c.iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(" → ")
+            }
+        };
+        let _ = writeln!(
+            md,
+            "- to the server `{}`: offer via {}, answer via {}",
+            i.server,
+            chain(&i.offer_chain),
+            chain(&i.answer_chain)
+        );
+        if let Some(x) = i.expect {
+            let _ = writeln!(md, "- expected by the file: {}", x.as_str());
+        }
+        match (&i.expected, &i.not_derived) {
+            (Some(e), _) => {
+                let _ = writeln!(md, "- the RFC 4787 oracle: {}", e.reason);
+            }
+            (None, Some(n)) => {
+                let _ = writeln!(md, "- oracle expectation {n}");
+            }
+            (None, None) => {}
+        }
+        if let Some(e) = &i.error {
+            let _ = writeln!(md, "- could not run: {e}");
+        }
+        for (role, side) in [("offer", &i.offer_side), ("answer", &i.answer_side)] {
+            let pair = match (&side.local_type, &side.remote_type) {
+                (Some(l), Some(r)) => format!(
+                    "{l} {} → {r} {}",
+                    side.local_address.as_deref().unwrap_or("?"),
+                    side.remote_address.as_deref().unwrap_or("?")
+                ),
+                _ => "no pair".to_owned(),
+            };
+            let _ = writeln!(
+                md,
+                "- {role} ({}): {}{}",
+                side.agent,
+                if side.connected {
+                    format!("connected on {pair}")
+                } else {
+                    "not connected".to_owned()
+                },
+                side.failure
+                    .as_ref()
+                    .map(|f| format!(" ({f})"))
+                    .unwrap_or_default()
+            );
+        }
+        let _ = writeln!(md);
+        if !i.checks.is_empty() {
+            md.push_str(&checks_md(&i.checks));
+            let _ = writeln!(md);
         }
     }
     md
@@ -284,5 +447,104 @@ impl Accuracy {
             }
         }
         md
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::matrix::model::{Expected, Mode, PathKind, Peers, SideResult, Turn};
+    use crate::runner::IceResult;
+
+    fn result(ice: Vec<IceResult>) -> ScenarioResult {
+        ScenarioResult {
+            schema_version: 1,
+            scenario: "s".into(),
+            source: "s.toml".into(),
+            description: None,
+            seed: 1,
+            ok: ice.iter().all(|i| i.ok),
+            probes: Vec::new(),
+            runs: Vec::new(),
+            ice,
+            setup_ms: 1,
+            teardown_ms: 1,
+            elapsed_ms: 2,
+            fabric: Value::Null,
+            pcap: Vec::new(),
+        }
+    }
+
+    fn session(ok: bool, derived: bool) -> IceResult {
+        IceResult {
+            offer: "alice".into(),
+            answer: "bob".into(),
+            server: "stun".into(),
+            mode: Mode::Trickle,
+            turn: Turn::Udp,
+            peers: Peers::parse("icepeer/aioice").unwrap(),
+            offer_chain: vec!["home_nat".into(), "cgn".into()],
+            answer_chain: vec!["cgn".into()],
+            connected: true,
+            path: Some(PathKind::Prflx),
+            pair: Some("prflx-host".into()),
+            time_to_connected_ms: Some(108.7),
+            checks_sent: Some(4),
+            expect: None,
+            expected: derived.then(|| Expected {
+                connects: true,
+                path: Some(PathKind::Srflx),
+                reason: "the oracle's reason".into(),
+            }),
+            not_derived: (!derived)
+                .then(|| "not derived: both peers are behind NAT box cgn".into()),
+            checks: Vec::new(),
+            ok,
+            offer_side: SideResult {
+                agent: "icepeer".into(),
+                connected: true,
+                ..SideResult::default()
+            },
+            answer_side: SideResult {
+                agent: "aioice".into(),
+                failure: Some("timeout".into()),
+                ..SideResult::default()
+            },
+            error: None,
+            elapsed_ms: 200,
+        }
+    }
+
+    #[test]
+    fn ice_sessions_get_their_own_table_and_section() {
+        let r = result(vec![session(true, false), session(false, true)]);
+        let t = render(&r);
+        assert!(t.contains("ICE offer → answer"), "{t}");
+        assert!(t.contains("prflx prflx-host 109 ms"), "{t}");
+        assert!(t.contains("- (not derived)"), "{t}");
+        assert!(t.contains("srflx (oracle)"), "{t}");
+        assert!(
+            t.contains("not derived: both peers are behind NAT box cgn"),
+            "{t}"
+        );
+        assert!(t.contains("MISMATCH") && t.contains("FAIL"), "{t}");
+        // No empty probe table when a scenario has only ICE sessions.
+        assert!(!t.contains("property"), "{t}");
+        let md = summary_md(&r);
+        assert!(md.contains("## ICE sessions"), "{md}");
+        assert!(
+            md.contains("| alice → bob | trickle, TURN udp, icepeer/aioice |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("offer via `home_nat` → `cgn`, answer via `cgn`"),
+            "{md}"
+        );
+        assert!(md.contains("the oracle's reason"), "{md}");
+        assert!(
+            md.contains("answer (aioice): not connected (timeout)"),
+            "{md}"
+        );
     }
 }

@@ -13,7 +13,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::fabric::{Fabric, FabricOptions};
-use crate::scenario::{Expectation, NatImpl, Scenario, Service};
+use crate::matrix::model::{Expected, Mode, PathKind, Peers, SideResult, Turn};
+use crate::matrix::session::{self, AgentCtx, SessionSpec, WorkDir};
+use crate::matrix::spec::{TURN_PASS, TURN_USER};
+use crate::scenario::{Expectation, IceExpect, NatImpl, Scenario, Service};
 use crate::topology::{self, Side, Topology, Translator, Verdict};
 
 /// STUN port turnd listens on in scenarios (P1); the alternate port is P1 + 1.
@@ -183,6 +186,56 @@ pub struct CommandResult {
     pub elapsed_ms: u64,
 }
 
+/// One `[[ice]]` session.
+#[derive(Debug, Clone, Serialize)]
+pub struct IceResult {
+    /// Host of the controlling agent (it offered).
+    pub offer: String,
+    /// Host of the controlled agent (it answered).
+    pub answer: String,
+    /// Host running turnd.
+    pub server: String,
+    /// Trickle or vanilla.
+    pub mode: Mode,
+    /// TURN setting.
+    pub turn: Turn,
+    /// Agents, `offer/answer`.
+    pub peers: Peers,
+    /// NAT boxes between the offer host and the server, innermost first.
+    pub offer_chain: Vec<String>,
+    /// NAT boxes between the answer host and the server, innermost first.
+    pub answer_chain: Vec<String>,
+    /// Both sides connected and datagrams went both ways.
+    pub connected: bool,
+    /// The worse of the two sides' selected pair kinds, when connected.
+    pub path: Option<PathKind>,
+    /// The offer side's selected pair as `local-remote` candidate types.
+    pub pair: Option<String>,
+    /// The later side's time to connected, milliseconds.
+    pub time_to_connected_ms: Option<f64>,
+    /// Connectivity checks of both sides together (None if an agent does not say).
+    pub checks_sent: Option<u64>,
+    /// What the file says the session must come to (checked instead of `expected` when
+    /// given).
+    pub expect: Option<IceExpect>,
+    /// What the RFC 4787 oracle expects (None when not derived: see `not_derived`).
+    pub expected: Option<Expected>,
+    /// Why there is no derived expectation (the peers share a NAT box).
+    pub not_derived: Option<String>,
+    /// What was checked: `connected`, `path`, and `session` when it could not run.
+    pub checks: Vec<Check>,
+    /// Every check held.
+    pub ok: bool,
+    /// The offer side's own account.
+    pub offer_side: SideResult,
+    /// The answer side's own account.
+    pub answer_side: SideResult,
+    /// The session could not run: why.
+    pub error: Option<String>,
+    /// Wall time of the session.
+    pub elapsed_ms: u64,
+}
+
 /// Everything a scenario run produced: the `result.json` contract (see reports/README.md).
 #[derive(Debug, Clone, Serialize)]
 pub struct ScenarioResult {
@@ -202,6 +255,8 @@ pub struct ScenarioResult {
     pub probes: Vec<ProbeResult>,
     /// Commands.
     pub runs: Vec<CommandResult>,
+    /// ICE sessions.
+    pub ice: Vec<IceResult>,
     /// Time to build the fabric.
     pub setup_ms: u64,
     /// Time to tear it down.
@@ -277,7 +332,9 @@ pub fn bring_up(s: &Scenario, opts: &RunOptions, stop: &StopFlag) -> Result<Live
             }
             match svc {
                 Service::Turnd => {
-                    if let Err(e) = live.start_turnd(&h.name, &h.addresses, &[]) {
+                    // TURN too, for [[ice]] sessions (natprobe only speaks STUN).
+                    let user = format!("{TURN_USER}:{TURN_PASS}");
+                    if let Err(e) = live.start_turnd(&h.name, &h.addresses, &["--user", &user]) {
                         return Err(live.abort(e));
                     }
                 }
@@ -713,9 +770,17 @@ pub fn run(s: &Scenario, opts: &RunOptions, stop: &StopFlag) -> Result<ScenarioR
     let setup = live.setup;
     let mut probes = Vec::new();
     let mut runs = Vec::new();
+    let mut ice = Vec::new();
     let body = (|| -> Result<(), RunError> {
         for i in 0..s.probes.len() {
             probes.push(run_probe(s, &mut live, i, stop)?);
+        }
+        if !s.ice.is_empty() {
+            let work = WorkDir::create("ice")?;
+            let agents = AgentCtx::prepare(&work.path, &python())?;
+            for i in 0..s.ice.len() {
+                ice.push(run_ice(s, &mut live, i, &agents, &work.path, stop)?);
+            }
         }
         for r in &s.runs {
             let host = &s.hosts[r.host].name;
@@ -759,7 +824,7 @@ pub fn run(s: &Scenario, opts: &RunOptions, stop: &StopFlag) -> Result<ScenarioR
     body?;
     let (fabric, teardown) = down?;
     let pcap = list_pcaps(&opts.reports.join(&s.name));
-    let ok = probes.iter().all(|p| p.ok) && runs.iter().all(|r| r.ok);
+    let ok = probes.iter().all(|p| p.ok) && runs.iter().all(|r| r.ok) && ice.iter().all(|i| i.ok);
     let result = ScenarioResult {
         schema_version: 1,
         scenario: s.name.clone(),
@@ -769,6 +834,7 @@ pub fn run(s: &Scenario, opts: &RunOptions, stop: &StopFlag) -> Result<ScenarioR
         ok,
         probes,
         runs,
+        ice,
         setup_ms: setup.as_millis() as u64,
         teardown_ms: teardown.as_millis() as u64,
         elapsed_ms: t0.elapsed().as_millis() as u64,
@@ -777,6 +843,135 @@ pub fn run(s: &Scenario, opts: &RunOptions, stop: &StopFlag) -> Result<ScenarioR
     };
     crate::report::write(&opts.reports, &result)?;
     Ok(result)
+}
+
+/// Environment variable naming the Python interpreter (with aioice) for `[[ice]]` sessions
+/// with an aioice peer; default `python3`.
+pub const PYTHON_ENV: &str = "SIM_PYTHON";
+
+fn python() -> PathBuf {
+    std::env::var_os(PYTHON_ENV)
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from("python3"), PathBuf::from)
+}
+
+/// Run one `[[ice]]` session and check it. A session that cannot run is a failed result;
+/// only a stop ends the scenario.
+fn run_ice(
+    s: &Scenario,
+    live: &mut Live,
+    idx: usize,
+    agents: &AgentCtx,
+    work: &std::path::Path,
+    stop: &StopFlag,
+) -> Result<IceResult, RunError> {
+    let d = &s.ice[idx];
+    let t0 = Instant::now();
+    let server = &s.hosts[d.server];
+    let spec = SessionSpec {
+        offer_host: s.hosts[d.offer].name.clone(),
+        answer_host: s.hosts[d.answer].name.clone(),
+        server_ip: server.addresses[0],
+        mode: d.mode,
+        turn: d.turn,
+        peers: d.peers,
+        signaling_delay: d.signaling_delay,
+        timeout: d.timeout,
+        seed: s.seed.wrapping_mul(1000).wrapping_add(idx as u64),
+        dir: work.join(format!("ice{idx}")),
+    };
+    let sides = session::run_session(live, &spec, agents, stop);
+    if stop.load(Ordering::Relaxed) {
+        return Err(RunError::Interrupted);
+    }
+    let (offer_side, answer_side, error) = match sides {
+        Ok((o, a)) => (o, a, None),
+        Err(e) => (SideResult::default(), SideResult::default(), Some(e)),
+    };
+    let o = session::outcome(&offer_side, &answer_side);
+    let (expected, not_derived) = match &d.derived {
+        Ok(e) => (Some(e.clone()), None),
+        Err(why) => (None, Some(why.clone())),
+    };
+    let checks = ice_checks(d.expect, expected.as_ref(), &o, error.as_deref());
+    let names = |chain: &[usize]| chain.iter().map(|&i| s.nats[i].name.clone()).collect();
+    Ok(IceResult {
+        offer: spec.offer_host,
+        answer: spec.answer_host,
+        server: server.name.clone(),
+        mode: d.mode,
+        turn: d.turn,
+        peers: d.peers,
+        offer_chain: names(&d.offer_chain),
+        answer_chain: names(&d.answer_chain),
+        connected: o.connected,
+        path: o.path,
+        pair: o.pair,
+        time_to_connected_ms: o.time_to_connected_ms,
+        checks_sent: o.checks_sent,
+        expect: d.expect,
+        expected,
+        not_derived,
+        ok: checks.iter().all(|c| c.ok),
+        checks,
+        offer_side,
+        answer_side,
+        error,
+        elapsed_ms: t0.elapsed().as_millis() as u64,
+    })
+}
+
+fn kind_value(p: Option<PathKind>) -> Value {
+    p.map_or(Value::Null, |k| Value::String(k.as_str().to_owned()))
+}
+
+/// What an ICE session is checked on: the file's `expect` when given, else the oracle's
+/// expectation when derived, else nothing (beyond having run).
+pub fn ice_checks(
+    expect: Option<IceExpect>,
+    derived: Option<&Expected>,
+    o: &session::Outcome,
+    error: Option<&str>,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    if let Some(e) = error {
+        checks.push(Check {
+            property: "session",
+            expected: "ran".into(),
+            detected: e.into(),
+            ok: false,
+        });
+    }
+    let (connects, path_want, path_ok) = if let Some(x) = expect {
+        let path_want = match x {
+            IceExpect::Connected | IceExpect::Failed => None,
+            other => Some(Value::String(other.as_str().to_owned())),
+        };
+        (x.connects(), path_want, x.holds(true, o.path))
+    } else if let Some(e) = derived {
+        (
+            e.connects,
+            e.path.map(|p| Value::String(p.as_str().to_owned())),
+            o.path == e.path,
+        )
+    } else {
+        return checks;
+    };
+    checks.push(Check {
+        property: "connected",
+        expected: connects.into(),
+        detected: o.connected.into(),
+        ok: o.connected == connects,
+    });
+    if let Some(want) = path_want {
+        checks.push(Check {
+            property: "path",
+            expected: want,
+            detected: kind_value(o.path),
+            ok: o.connected && path_ok,
+        });
+    }
+    checks
 }
 
 fn list_pcaps(dir: &std::path::Path) -> Vec<String> {
@@ -790,4 +985,71 @@ fn list_pcaps(dir: &std::path::Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn outcome(connected: bool, path: Option<PathKind>) -> session::Outcome {
+        session::Outcome {
+            connected,
+            path,
+            pair: None,
+            time_to_connected_ms: None,
+            checks_sent: None,
+        }
+    }
+
+    fn oracle(connects: bool, path: Option<PathKind>) -> Expected {
+        Expected {
+            connects,
+            path,
+            reason: "r".into(),
+        }
+    }
+
+    #[test]
+    fn ice_checks_prefer_the_file_then_the_oracle() {
+        let srflx = outcome(true, Some(PathKind::Srflx));
+        // The oracle alone: connected and on its path.
+        let c = ice_checks(
+            None,
+            Some(&oracle(true, Some(PathKind::Srflx))),
+            &srflx,
+            None,
+        );
+        assert_eq!(c.len(), 2);
+        assert!(c.iter().all(|c| c.ok), "{c:?}");
+        let c = ice_checks(
+            None,
+            Some(&oracle(true, Some(PathKind::Prflx))),
+            &srflx,
+            None,
+        );
+        assert!(c[0].ok && !c[1].ok, "{c:?}");
+        assert_eq!(c[1].expected, "prflx");
+        assert_eq!(c[1].detected, "srflx");
+        // The file's word wins over the oracle.
+        let c = ice_checks(
+            Some(IceExpect::Direct),
+            Some(&oracle(false, None)),
+            &srflx,
+            None,
+        );
+        assert!(c.iter().all(|c| c.ok), "{c:?}");
+        let failed = outcome(false, None);
+        let c = ice_checks(Some(IceExpect::Relay), None, &failed, None);
+        assert_eq!(c.iter().filter(|c| !c.ok).count(), 2, "{c:?}");
+        let c = ice_checks(Some(IceExpect::Failed), None, &failed, None);
+        assert_eq!(c.len(), 1);
+        assert!(c[0].ok);
+        // Neither: nothing to check, unless the session could not run.
+        assert!(ice_checks(None, None, &srflx, None).is_empty());
+        let c = ice_checks(None, None, &failed, Some("cannot start the agent"));
+        assert_eq!(c.len(), 1);
+        assert!(!c[0].ok);
+        assert_eq!(c[0].property, "session");
+    }
 }

@@ -15,6 +15,7 @@ use nat::{Behavior, Mode, NatConfig, Pooling, PortAssignment};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::matrix::model::{Expected, Mode as IceMode, PathKind, Peers, Turn};
 use crate::topology::{Impairment, Ipv4Prefix};
 
 /// Longest host, NAT or network name: namespace names are `<run prefix>-<name>`.
@@ -61,6 +62,8 @@ struct RawScenario {
     probes: Vec<Spanned<RawProbe>>,
     #[serde(default, rename = "run")]
     runs: Vec<Spanned<RawRun>>,
+    #[serde(default, rename = "ice")]
+    ice: Vec<Spanned<RawIce>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +156,20 @@ struct RawRun {
     timeout: Option<Spanned<String>>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIce {
+    offer: Spanned<String>,
+    answer: Spanned<String>,
+    server: Spanned<String>,
+    mode: Option<Spanned<String>>,
+    turn: Option<Spanned<String>>,
+    peers: Option<Spanned<String>>,
+    signaling_delay: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    expect: Option<Spanned<String>>,
+}
+
 // ---------------------------------------------------------------------------------------------
 // The validated scenario.
 
@@ -177,6 +194,8 @@ pub struct Scenario {
     pub probes: Vec<ProbeDef>,
     /// Other commands to run inside hosts.
     pub runs: Vec<RunDef>,
+    /// ICE sessions between two hosts.
+    pub ice: Vec<IceDef>,
 }
 
 /// A network.
@@ -327,6 +346,94 @@ pub struct RunDef {
     pub expect_stdout: Option<String>,
     /// Give up (and fail) after this long.
     pub timeout: Duration,
+}
+
+/// What an `[[ice]]` session must come to, as the file says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IceExpect {
+    /// Both sides connect (any path).
+    Connected,
+    /// They do not connect.
+    Failed,
+    /// They connect on a host-host pair.
+    Host,
+    /// They connect on a pair whose worst candidate is server-reflexive.
+    Srflx,
+    /// They connect on a pair with a peer-reflexive candidate.
+    Prflx,
+    /// They connect through the TURN server.
+    Relay,
+    /// They connect on a direct (not relayed) path.
+    Direct,
+}
+
+impl IceExpect {
+    const WORDS: &[(&str, IceExpect)] = &[
+        ("connected", IceExpect::Connected),
+        ("failed", IceExpect::Failed),
+        ("host", IceExpect::Host),
+        ("srflx", IceExpect::Srflx),
+        ("prflx", IceExpect::Prflx),
+        ("relay", IceExpect::Relay),
+        ("direct", IceExpect::Direct),
+    ];
+
+    /// The word in the file.
+    pub fn as_str(self) -> &'static str {
+        Self::WORDS
+            .iter()
+            .find(|(_, v)| *v == self)
+            .map_or("?", |(w, _)| w)
+    }
+
+    /// Whether the session must connect.
+    pub fn connects(self) -> bool {
+        self != IceExpect::Failed
+    }
+
+    /// Whether a session that connected (or not) on `path` meets this expectation.
+    pub fn holds(self, connected: bool, path: Option<PathKind>) -> bool {
+        match self {
+            IceExpect::Failed => !connected,
+            IceExpect::Connected => connected,
+            IceExpect::Direct => connected && path.is_some_and(PathKind::is_direct),
+            IceExpect::Host => connected && path == Some(PathKind::Host),
+            IceExpect::Srflx => connected && path == Some(PathKind::Srflx),
+            IceExpect::Prflx => connected && path == Some(PathKind::Prflx),
+            IceExpect::Relay => connected && path == Some(PathKind::Relay),
+        }
+    }
+}
+
+/// One ICE session between two hosts (`[[ice]]`).
+#[derive(Debug, Clone)]
+pub struct IceDef {
+    /// Host index of the controlling agent (it offers).
+    pub offer: usize,
+    /// Host index of the controlled agent (it answers).
+    pub answer: usize,
+    /// Host index running turnd (STUN and TURN).
+    pub server: usize,
+    /// Trickle or vanilla.
+    pub mode: IceMode,
+    /// TURN setting.
+    pub turn: Turn,
+    /// Agents: `row` on the offer host, `column` on the answer host.
+    pub peers: Peers,
+    /// One-way signaling delay (outside the emulated network).
+    pub signaling_delay: Duration,
+    /// Each agent's ICE timeout.
+    pub timeout: Duration,
+    /// What the file says the session must come to.
+    pub expect: Option<IceExpect>,
+    /// What the RFC 4787 oracle expects, when the peers' ways to the server share no NAT
+    /// box; otherwise why it is not derived (`not derived: ...`).
+    pub derived: Result<Expected, String>,
+    /// NAT boxes between the offer host and the server, innermost first.
+    pub offer_chain: Vec<usize>,
+    /// NAT boxes between the answer host and the server, innermost first.
+    pub answer_chain: Vec<usize>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -911,6 +1018,12 @@ impl Cx<'_> {
             });
         }
 
+        // ICE sessions.
+        let mut ice = Vec::new();
+        for i in &raw.ice {
+            ice.push(self.ice(i.get_ref(), &host_names, &hosts, &nats, &gateway_of)?);
+        }
+
         Ok(Scenario {
             name,
             description: raw.description,
@@ -921,6 +1034,145 @@ impl Cx<'_> {
             hosts,
             probes,
             runs,
+            ice,
+        })
+    }
+
+    fn ice(
+        &self,
+        r: &RawIce,
+        host_names: &HashMap<String, usize>,
+        hosts: &[HostDef],
+        nats: &[NatDef],
+        gateway_of: &[Option<usize>],
+    ) -> Res<IceDef> {
+        let offer = self.lookup(host_names, &r.offer, "host")?;
+        let answer = self.lookup(host_names, &r.answer, "host")?;
+        let server = self.lookup(host_names, &r.server, "host")?;
+        if offer == answer {
+            return Err(self.err(
+                r.answer.span(),
+                format!(
+                    "offer and answer are both {:?}: an ICE session needs two hosts",
+                    hosts[offer].name
+                ),
+            ));
+        }
+        if !hosts[server].services.contains(&Service::Turnd) {
+            return Err(self.err(
+                r.server.span(),
+                format!(
+                    "host {:?} runs no STUN/TURN server: add services = [\"turnd\"] to it",
+                    hosts[server].name
+                ),
+            ));
+        }
+        let chain = |host: usize, span: Range<usize>| {
+            path_to(nats, gateway_of, hosts[host].network, hosts[server].network).ok_or_else(|| {
+                self.err(
+                    span,
+                    format!(
+                        "server {:?} is not on host {:?}'s way out (its network and the \
+                             networks behind its gateways)",
+                        hosts[server].name, hosts[host].name
+                    ),
+                )
+            })
+        };
+        let offer_chain = chain(offer, r.offer.span())?;
+        let answer_chain = chain(answer, r.answer.span())?;
+        let mode = match &r.mode {
+            Some(m) => self.word(
+                m,
+                "mode",
+                &[("trickle", IceMode::Trickle), ("vanilla", IceMode::Vanilla)],
+            )?,
+            None => IceMode::Trickle,
+        };
+        let turn = match &r.turn {
+            Some(t) => self.word(
+                t,
+                "turn",
+                &[("none", Turn::None), ("udp", Turn::Udp), ("tcp", Turn::Tcp)],
+            )?,
+            None => Turn::Udp,
+        };
+        let peers = match &r.peers {
+            Some(p) => Peers::parse(p.get_ref()).ok_or_else(|| {
+                self.err(
+                    p.span(),
+                    format!(
+                        "peers {:?} is not one of icepeer, aioice, icepeer/aioice, \
+                         aioice/icepeer (OFFER/ANSWER agents)",
+                        p.get_ref()
+                    ),
+                )
+            })?,
+            None => Peers {
+                row: crate::matrix::model::Agent::Icepeer,
+                column: crate::matrix::model::Agent::Icepeer,
+            },
+        };
+        let bounded =
+            |v: &Option<Spanned<String>>, default: Duration, min: Duration, max: Duration| {
+                let Some(v) = v else { return Ok(default) };
+                match parse_duration(v.get_ref()) {
+                Some(d) if (min..=max).contains(&d) => Ok(d),
+                _ => Err(self.err(
+                    v.span(),
+                    format!(
+                        "{:?} is not a duration from {} ms to {} s (write e.g. \"50ms\", \"10s\")",
+                        v.get_ref(),
+                        min.as_millis(),
+                        max.as_secs()
+                    ),
+                )),
+            }
+            };
+        let signaling_delay = bounded(
+            &r.signaling_delay,
+            Duration::from_millis(50),
+            Duration::ZERO,
+            Duration::from_secs(10),
+        )?;
+        let timeout = bounded(
+            &r.timeout,
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        )?;
+        let expect = match &r.expect {
+            Some(e) => Some(self.word(e, "expect", IceExpect::WORDS)?),
+            None => None,
+        };
+        if let (Some(e), Turn::None) = (&r.expect, turn) {
+            if expect == Some(IceExpect::Relay) {
+                return Err(self.err(
+                    e.span(),
+                    "expect = \"relay\" with turn = \"none\": without TURN there is no relayed \
+                     path",
+                ));
+            }
+        }
+        let derived = ice_expectation(
+            nats,
+            (&hosts[offer].name, &offer_chain),
+            (&hosts[answer].name, &answer_chain),
+            turn,
+        );
+        Ok(IceDef {
+            offer,
+            answer,
+            server,
+            mode,
+            turn,
+            peers,
+            signaling_delay,
+            timeout,
+            expect,
+            derived,
+            offer_chain,
+            answer_chain,
         })
     }
 
@@ -1276,6 +1528,39 @@ pub fn derive_expectation(
     }
 }
 
+/// What the RFC 4787 oracle expects of an ICE session between a host behind `offer`'s chain
+/// and one behind `answer`'s (NAT box indices, innermost first, up to the server's network),
+/// by the rules of the connectivity matrices ([`crate::matrix::spec::expected_for`]). The
+/// oracle models two peers whose ways out meet only on the server's network; when the chains
+/// share a NAT box, the peers' path turns inside it (hairpinning, or a shortcut behind it),
+/// which it does not model: then `Err` says so.
+pub fn ice_expectation(
+    nats: &[NatDef],
+    (offer_name, offer): (&str, &[usize]),
+    (answer_name, answer): (&str, &[usize]),
+    turn: Turn,
+) -> Result<Expected, String> {
+    if let Some(shared) = offer.iter().find(|n| answer.contains(n)) {
+        let name = nats.get(*shared).map_or("?", |n| n.name.as_str());
+        return Err(format!(
+            "not derived: both peers are behind NAT box {name} (their path turns inside it, \
+             which the RFC 4787 oracle does not model)"
+        ));
+    }
+    let levels = |chain: &[usize]| -> Vec<nat::oracle::Level> {
+        chain
+            .iter()
+            .filter_map(|&i| nats.get(i))
+            .map(crate::matrix::spec::level_of)
+            .collect()
+    };
+    Ok(crate::matrix::spec::expected_between(
+        (&format!("offer {offer_name}"), &levels(offer)),
+        (&format!("answer {answer_name}"), &levels(answer)),
+        turn,
+    ))
+}
+
 /// Parse `150ms`, `30s`, `2m`, `1h`, `1.5s`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -1601,5 +1886,272 @@ hairpinning = true
         assert_eq!(parse_rate("10mbit"), Some(10_000_000));
         assert_eq!(parse_rate("1Gbit"), Some(1_000_000_000));
         assert_eq!(parse_rate("10"), None);
+    }
+
+    /// BASE plus bob behind a symmetric NAT of his own, and a second carrier-like layout:
+    /// carol behind `cgn` with dave behind `home2` inside it.
+    fn ice_base() -> String {
+        format!(
+            "{BASE}{}",
+            r#"
+[[network]]
+name = "home_b"
+prefixes = ["192.168.2.0/24"]
+
+[[nat]]
+name = "nat_b"
+preset = "symmetric"
+inside = "home_b"
+outside = "internet"
+inside_address = "192.168.2.1"
+external = ["198.51.100.20"]
+
+[[host]]
+name = "bob"
+network = "home_b"
+addresses = ["192.168.2.10"]
+
+[[network]]
+name = "carrier"
+prefixes = ["100.64.0.0/24"]
+
+[[network]]
+name = "home_d"
+prefixes = ["192.168.4.0/24"]
+
+[[nat]]
+name = "cgn"
+preset = "cgnat"
+inside = "carrier"
+outside = "internet"
+inside_address = "100.64.0.1"
+external = ["198.51.100.30"]
+
+[[nat]]
+name = "home2"
+preset = "port-restricted-cone"
+inside = "home_d"
+outside = "carrier"
+inside_address = "192.168.4.1"
+external = ["100.64.0.2"]
+
+[[host]]
+name = "carol"
+network = "carrier"
+addresses = ["100.64.0.20"]
+
+[[host]]
+name = "dave"
+network = "home_d"
+addresses = ["192.168.4.10"]
+
+[[host]]
+name = "plain"
+network = "internet"
+addresses = ["203.0.113.50"]
+"#
+        )
+    }
+
+    fn with_ice(body: &str) -> String {
+        format!("{}\n[[ice]]\n{body}", ice_base())
+    }
+
+    #[test]
+    fn ice_sessions_parse_with_defaults_and_derive_the_oracle() {
+        let s = parse_str(&with_ice(
+            "offer = \"alice\"\nanswer = \"bob\"\nserver = \"stun\"\nturn = \"none\"\n",
+        ))
+        .unwrap();
+        assert_eq!(s.ice.len(), 1);
+        let i = &s.ice[0];
+        assert_eq!(s.hosts[i.offer].name, "alice");
+        assert_eq!(s.hosts[i.answer].name, "bob");
+        assert_eq!(s.hosts[i.server].name, "stun");
+        assert_eq!(i.mode, IceMode::Trickle);
+        assert_eq!(i.turn, Turn::None);
+        assert_eq!(i.peers.label(), "icepeer/icepeer");
+        assert_eq!(i.signaling_delay, Duration::from_millis(50));
+        assert_eq!(i.timeout, Duration::from_secs(10));
+        assert_eq!(i.expect, None);
+        let names = |c: &[usize]| {
+            c.iter()
+                .map(|&n| s.nats[n].name.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&i.offer_chain), ["home_nat"]);
+        assert_eq!(names(&i.answer_chain), ["nat_b"]);
+        // BASE's home_nat is the default model (EIM/APDF): bob's per-destination checks come
+        // from ports alice's filter never opened, and there is no TURN.
+        let e = i.derived.as_ref().unwrap();
+        assert_eq!((e.connects, e.path), (false, None), "{}", e.reason);
+        assert!(e.reason.contains("offer alice"), "{}", e.reason);
+        assert!(
+            e.reason.contains("answer bob maps per destination"),
+            "{}",
+            e.reason
+        );
+        // A public host has no filter: bob's checks get in, from a port nobody signalled.
+        let s2 = parse_str(&with_ice(
+            "offer = \"plain\"\nanswer = \"bob\"\nserver = \"stun\"\nturn = \"none\"\n",
+        ))
+        .unwrap();
+        let e = s2.ice[0].derived.as_ref().unwrap();
+        assert_eq!(
+            (e.connects, e.path),
+            (true, Some(PathKind::Prflx)),
+            "{}",
+            e.reason
+        );
+
+        // Every key given.
+        let s = parse_str(&with_ice(
+            "offer = \"bob\"\nanswer = \"dave\"\nserver = \"stun\"\nmode = \"vanilla\"\n\
+             turn = \"tcp\"\npeers = \"aioice/icepeer\"\nsignaling_delay = \"0ms\"\n\
+             timeout = \"3s\"\nexpect = \"direct\"\n",
+        ))
+        .unwrap();
+        let i = &s.ice[0];
+        assert_eq!(i.mode, IceMode::Vanilla);
+        assert_eq!(i.turn, Turn::Tcp);
+        assert_eq!(i.peers.label(), "aioice/icepeer");
+        assert_eq!(i.signaling_delay, Duration::ZERO);
+        assert_eq!(i.timeout, Duration::from_secs(3));
+        assert_eq!(i.expect, Some(IceExpect::Direct));
+    }
+
+    /// The derived expectation is the matrix's: the same function on the same levels.
+    #[test]
+    fn ice_expectation_is_the_matrix_oracle_on_the_chains() {
+        // Symmetric (bob) against the port-restricted cone inside the CGN (dave): no direct
+        // path; TURN decides.
+        for (turn, want) in [
+            ("none", (false, None)),
+            ("udp", (true, Some(PathKind::Relay))),
+        ] {
+            let s = parse_str(&with_ice(&format!(
+                "offer = \"bob\"\nanswer = \"dave\"\nserver = \"stun\"\nturn = \"{turn}\"\n"
+            )))
+            .unwrap();
+            let i = &s.ice[0];
+            let e = i.derived.as_ref().unwrap();
+            assert_eq!((e.connects, e.path), want, "{}", e.reason);
+            let levels = |c: &[usize]| {
+                c.iter()
+                    .map(|&n| crate::matrix::spec::level_of(&s.nats[n]))
+                    .collect::<Vec<_>>()
+            };
+            let m = crate::matrix::spec::expected_for(
+                &levels(&i.offer_chain),
+                &levels(&i.answer_chain),
+                i.turn,
+            );
+            assert_eq!((m.connects, m.path), (e.connects, e.path));
+        }
+        // Two public hosts: host candidates.
+        let s = parse_str(&with_ice(
+            "offer = \"plain\"\nanswer = \"stun\"\nserver = \"stun\"\n",
+        ))
+        .unwrap();
+        let e = s.ice[0].derived.as_ref().unwrap();
+        assert_eq!((e.connects, e.path), (true, Some(PathKind::Host)));
+    }
+
+    #[test]
+    fn peers_behind_a_shared_nat_get_no_derived_expectation() {
+        // carol sits in the carrier network, dave behind home2 inside it: both cross cgn.
+        let s = parse_str(&with_ice(
+            "offer = \"dave\"\nanswer = \"carol\"\nserver = \"stun\"\nexpect = \"prflx\"\n",
+        ))
+        .unwrap();
+        let i = &s.ice[0];
+        let why = i.derived.as_ref().unwrap_err();
+        assert!(
+            why.starts_with("not derived: both peers are behind NAT box cgn"),
+            "{why}"
+        );
+        assert_eq!(i.expect, Some(IceExpect::Prflx));
+        // The shipped double NAT scenario: alice and bob both behind the CGN.
+        let s =
+            load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/double_nat.toml"))
+                .unwrap();
+        let i = &s.ice[0];
+        assert!(
+            i.derived
+                .as_ref()
+                .is_err_and(|w| w.contains("both peers are behind NAT box cgn")),
+            "{:?}",
+            i.derived
+        );
+        assert_eq!(i.expect, Some(IceExpect::Prflx));
+    }
+
+    #[test]
+    fn ice_mistakes_name_the_line() {
+        let base_lines = ice_base().lines().count() + 2;
+        let bad = |body: &str| {
+            let (line, msg) = error_at(&with_ice(body));
+            (line.map(|l| l - base_lines), msg)
+        };
+        let ok = "offer = \"alice\"\nanswer = \"bob\"\nserver = \"stun\"\n";
+        let (line, msg) = bad(&ok.replace("\"bob\"", "\"bobby\""));
+        assert_eq!(line, Some(2), "{msg}");
+        assert!(msg.contains("no host named \"bobby\""), "{msg}");
+        let (line, msg) = bad(&ok.replace("\"bob\"", "\"alice\""));
+        assert_eq!(line, Some(2), "{msg}");
+        assert!(msg.contains("needs two hosts"), "{msg}");
+        let (line, msg) = bad(&ok.replace("server = \"stun\"", "server = \"plain\""));
+        assert_eq!(line, Some(3), "{msg}");
+        assert!(msg.contains("add services = [\"turnd\"]"), "{msg}");
+        // The server must be on both peers' way out.
+        let text = with_ice(&ok.replace("server = \"stun\"", "server = \"carol\"")).replace(
+            "addresses = [\"100.64.0.20\"]",
+            "addresses = [\"100.64.0.20\"]\nservices = [\"turnd\"]",
+        );
+        let (line, msg) = error_at(&text);
+        // One line more before the body (carol's services): offer is on line 2.
+        assert_eq!(line.map(|l| l - base_lines), Some(2), "{msg}");
+        assert!(
+            msg.contains("server \"carol\" is not on host \"alice\"'s way out"),
+            "{msg}"
+        );
+        for (key, value, words) in [
+            ("mode", "\"sometimes\"", "trickle, vanilla"),
+            ("turn", "\"sctp\"", "none, udp, tcp"),
+            ("peers", "\"libjuice\"", "icepeer/aioice"),
+            ("expect", "\"fast\"", "connected, failed, host"),
+            ("timeout", "\"soon\"", "duration"),
+            ("timeout", "\"0.5s\"", "duration from 1000 ms"),
+            ("timeout", "\"11m\"", "to 600 s"),
+            ("signaling_delay", "\"11s\"", "duration"),
+        ] {
+            let (line, msg) = bad(&format!("{ok}{key} = {value}\n"));
+            assert_eq!(line, Some(4), "{key}: {msg}");
+            assert!(msg.contains(words), "{key}: {msg}");
+        }
+        let (line, msg) = bad(&format!("{ok}turn = \"none\"\nexpect = \"relay\"\n"));
+        assert_eq!(line, Some(5), "{msg}");
+        assert!(msg.contains("no relayed path"), "{msg}");
+        let (line, msg) = bad(&format!("{ok}bogus = 1\n"));
+        assert!(msg.contains("bogus"), "{msg} at {line:?}");
+        let (_, msg) = bad("offer = \"alice\"\nserver = \"stun\"\n");
+        assert!(msg.contains("answer"), "{msg}");
+    }
+
+    #[test]
+    fn ice_expect_words_judge_outcomes() {
+        use IceExpect as X;
+        assert!(X::Failed.holds(false, None));
+        assert!(!X::Failed.holds(true, Some(PathKind::Relay)));
+        assert!(X::Connected.holds(true, Some(PathKind::Relay)));
+        assert!(X::Direct.holds(true, Some(PathKind::Prflx)));
+        assert!(!X::Direct.holds(true, Some(PathKind::Relay)));
+        assert!(!X::Direct.holds(false, None));
+        assert!(X::Srflx.holds(true, Some(PathKind::Srflx)));
+        assert!(!X::Srflx.holds(true, Some(PathKind::Prflx)));
+        assert!(!X::Relay.holds(false, Some(PathKind::Relay)));
+        for (w, x) in IceExpect::WORDS {
+            assert_eq!(x.as_str(), *w);
+        }
     }
 }

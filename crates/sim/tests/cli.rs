@@ -108,6 +108,20 @@ fn double_nat_runs_and_reports() {
     // bob is behind the CGN only.
     assert_eq!(json["probes"][1]["chain"], serde_json::json!(["cgn"]));
     assert_eq!(json["runs"][0]["exit_code"], 0);
+    // alice and bob, both behind the CGN: no derived expectation; the file expects prflx.
+    let ice = &json["ice"][0];
+    assert_eq!(ice["offer"], "alice", "{ice}");
+    assert_eq!(ice["expected"], serde_json::Value::Null, "{ice}");
+    assert!(
+        ice["not_derived"]
+            .as_str()
+            .unwrap()
+            .starts_with("not derived: both peers are behind NAT box cgn"),
+        "{ice}"
+    );
+    assert_eq!(ice["expect"], "prflx", "{ice}");
+    assert_eq!(ice["path"], "prflx", "{ice}");
+    assert_eq!(ice["ok"], true, "{ice}");
     assert!(reports.join("double_nat/summary.md").exists());
     // A capture per link that tshark reads, when tshark is installed (CI installs it).
     let pcaps = json["pcap"].as_array().unwrap();
@@ -139,6 +153,124 @@ fn a_failed_expectation_fails_the_run() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("MISMATCH") && out.contains("FAIL"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// ICE sessions in an ordinary scenario: two homes on the public network, the oracle's
+/// expectation derived for each session and met by real agents (icepeer, aioice).
+#[test]
+fn ice_sessions_in_a_scenario_meet_the_oracle() {
+    require_root();
+    let reports = tempdir("ice");
+    let o = sim()
+        .args([
+            "run",
+            "scenarios/ice_home_to_home.toml",
+            "--no-pcap",
+            "--reports",
+        ])
+        .arg(&reports)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("ICE offer → answer") && out.contains("PASS"),
+        "{out}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(reports.join("ice_home_to_home/result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["ok"], true);
+    let ice = json["ice"].as_array().unwrap();
+    assert_eq!(ice.len(), 2, "{json}");
+    for i in ice {
+        assert_eq!(i["offer"], "alice", "{i}");
+        assert_eq!(i["answer"], "bob", "{i}");
+        assert_eq!(i["server"], "stun", "{i}");
+        assert_eq!(i["offer_chain"], serde_json::json!(["nat_a"]), "{i}");
+        assert_eq!(i["answer_chain"], serde_json::json!(["nat_b"]), "{i}");
+        assert_eq!(i["expect"], serde_json::Value::Null, "{i}");
+        assert_eq!(i["not_derived"], serde_json::Value::Null, "{i}");
+        assert_eq!(i["error"], serde_json::Value::Null, "{i}");
+        assert_eq!(i["ok"], true, "{i}");
+        assert!(
+            i["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["ok"] == true),
+            "{i}"
+        );
+    }
+    // Port-restricted cone against symmetric without TURN: no direct path, no relay.
+    let (a, b) = (&ice[0], &ice[1]);
+    assert_eq!(a["turn"], "none");
+    assert_eq!(a["peers"], "icepeer/icepeer");
+    assert_eq!(a["expected"]["connects"], false, "{a}");
+    assert_eq!(a["connected"], false, "{a}");
+    assert_eq!(a["offer_side"]["agent"], "icepeer");
+    assert!(a["offer_side"]["checks_sent"].as_u64().unwrap() > 0, "{a}");
+    // With TURN over UDP, aioice answering in vanilla mode: relayed.
+    assert_eq!(
+        (b["mode"].as_str(), b["turn"].as_str()),
+        (Some("vanilla"), Some("udp"))
+    );
+    assert_eq!(b["peers"], "icepeer/aioice");
+    assert_eq!(b["expected"]["path"], "relay", "{b}");
+    assert_eq!(b["connected"], true, "{b}");
+    assert_eq!(b["path"], "relay", "{b}");
+    assert_eq!(b["answer_side"]["agent"], "aioice");
+    assert_eq!(b["answer_side"]["datagrams_ok"], true, "{b}");
+    assert!(b["time_to_connected_ms"].as_f64().unwrap() > 0.0, "{b}");
+    let md = std::fs::read_to_string(reports.join("ice_home_to_home/summary.md")).unwrap();
+    assert!(md.contains("## ICE sessions"), "{md}");
+    let _ = std::fs::remove_dir_all(&reports);
+}
+
+/// An ICE expectation that does not hold fails the scenario.
+#[test]
+fn a_failed_ice_expectation_fails_the_run() {
+    require_root();
+    let dir = tempdir("icefail");
+    let base = std::fs::read_to_string(workspace().join("scenarios/double_nat.toml")).unwrap();
+    let wrong = base.replace("expect = \"prflx\"", "expect = \"relay\"");
+    assert_ne!(wrong, base);
+    let f = dir.join("double_nat.toml");
+    std::fs::write(&f, wrong).unwrap();
+    let o = sim()
+        .arg("run")
+        .arg(&f)
+        .args(["--no-pcap", "--reports"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("double_nat/result.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["ok"], false);
+    // Everything else held: the session is what failed, on its path.
+    assert!(
+        json["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["ok"] == true)
+    );
+    let ice = &json["ice"][0];
+    assert_eq!(ice["ok"], false, "{ice}");
+    let path = ice["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["property"] == "path")
+        .unwrap();
+    assert_eq!(
+        (&path["expected"], &path["ok"]),
+        (&"relay".into(), &false.into())
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

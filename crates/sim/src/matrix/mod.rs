@@ -3,6 +3,8 @@
 //!
 //! - [`spec`]: matrix files, profiles, each cell's scenario and expectation;
 //! - [`run`]: cells in parallel, each in its own fabric;
+//! - [`session`]: one ICE session between two hosts of a running scenario (cells and
+//!   scenario `[[ice]]` entries);
 //! - [`model`]: the `matrix.json` contract;
 //! - [`report`], [`term`]: Markdown, HTML heatmap, terminal grids;
 //! - [`merge`], [`compare`]: shards joined; a fresh matrix against a baseline.
@@ -12,5 +14,6 @@ pub mod merge;
 pub mod model;
 pub mod report;
 pub mod run;
+pub mod session;
 pub mod spec;
 pub mod term;

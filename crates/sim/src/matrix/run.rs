@@ -3,27 +3,20 @@
 //! their signaling outside the emulated network with a one-way delay, and records what the
 //! agents report. Cells run in parallel on worker threads, each with its own fabric.
 
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-
-use serde_json::Value;
+use std::time::Instant;
 
 use super::model::{
-    Agent, Cell, Expected, Matrix, PathKind, SCHEMA_VERSION, Shard, SideResult, Summary, Turn,
+    Cell, Expected, Matrix, PathKind, SCHEMA_VERSION, Shard, SideResult, Summary,
     fill_trickle_savings,
 };
+use super::session::{self, AgentCtx, SessionSpec, WorkDir};
 use super::spec::{
     self, COLUMN_HOST, CellSpec, MatrixSpec, ROW_HOST, SERVER_HOST, SERVER_IP, TURN_PASS, TURN_USER,
 };
-use crate::runner::{self, RunError, RunOptions, STUN_PORT, StopFlag};
-
-/// The aioice peer script, carried inside the binary so a matrix needs nothing but `sim`
-/// and the `aioice` Python package.
-const AIOICE_PEER: &str = include_str!("../../../ice/tests/peers/aioice_peer.py");
+use crate::runner::{self, RunError, RunOptions, StopFlag};
 
 /// How a matrix run is done.
 #[derive(Debug, Clone)]
@@ -76,15 +69,11 @@ pub fn run(spec: &MatrixSpec, opts: &MatrixOptions, stop: &StopFlag) -> Result<M
         .into_iter()
         .filter(|c| in_shard(c.index, opts.shard))
         .collect();
-    let work = WorkDir::create()?;
-    let script = work.path.join("aioice_peer.py");
-    std::fs::write(&script, AIOICE_PEER)?;
+    let work = WorkDir::create("matrix")?;
     let ctx = Ctx {
         spec,
         work: &work.path,
-        script: &script,
-        python: &opts.python,
-        exe: runner::self_exe()?,
+        agents: AgentCtx::prepare(&work.path, &opts.python)?,
     };
     let jobs = opts.jobs.clamp(1, cells.len().max(1));
     let progress = Progress::new(cells.len(), opts.progress);
@@ -138,37 +127,10 @@ pub fn run(spec: &MatrixSpec, opts: &MatrixOptions, stop: &StopFlag) -> Result<M
     })
 }
 
-/// A temporary folder for signaling files and the aioice script, removed on drop.
-struct WorkDir {
-    path: PathBuf,
-}
-
-impl WorkDir {
-    fn create() -> std::io::Result<WorkDir> {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "natscope-matrix-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)?;
-        Ok(WorkDir { path })
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
 struct Ctx<'a> {
     spec: &'a MatrixSpec,
     work: &'a Path,
-    script: &'a Path,
-    python: &'a Path,
-    exe: PathBuf,
+    agents: AgentCtx,
 }
 
 /// Run one cell; never fails: problems become the cell's `error`.
@@ -226,33 +188,12 @@ fn run_cell(ctx: &Ctx<'_>, c: &CellSpec, stop: &StopFlag) -> Cell {
 
 /// Derive the cell's outcome from both sides and compare it with the oracle.
 fn judge(cell: &mut Cell) {
-    let (r, c) = (&cell.row_side, &cell.column_side);
-    cell.connected = r.connected
-        && c.connected
-        && r.datagrams_ok.unwrap_or(false)
-        && c.datagrams_ok.unwrap_or(false);
-    let kind = |s: &SideResult| match (&s.local_type, &s.remote_type) {
-        (Some(l), Some(r)) => PathKind::of_pair(l, r),
-        _ => None,
-    };
-    if cell.connected {
-        cell.path = match (kind(r), kind(c)) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        cell.pair = match (&r.local_type, &r.remote_type) {
-            (Some(l), Some(rt)) => Some(format!("{l}-{rt}")),
-            _ => None,
-        };
-        cell.time_to_connected_ms = match (r.time_to_connected_ms, c.time_to_connected_ms) {
-            (Some(a), Some(b)) => Some(round1(a.max(b))),
-            (a, b) => a.or(b).map(round1),
-        };
-    }
-    cell.checks_sent = match (r.checks_sent, c.checks_sent) {
-        (Some(a), Some(b)) => Some(a + b),
-        _ => None,
-    };
+    let o = session::outcome(&cell.row_side, &cell.column_side);
+    cell.connected = o.connected;
+    cell.path = o.path;
+    cell.pair = o.pair;
+    cell.time_to_connected_ms = o.time_to_connected_ms;
+    cell.checks_sent = o.checks_sent;
     let e = &cell.expected;
     cell.agrees = cell.connected == e.connects && (!cell.connected || cell.path == e.path);
     if !cell.agrees {
@@ -267,10 +208,6 @@ const KERNEL_HINT: &str = " A Linux masquerade box is on the way; the likely cau
     get another source port. Under simultaneous open the kernel's mapping is not \
     endpoint-independent, which the oracle (masquerade = endpoint-independent mapping, \
     address-and-port-dependent filtering) does not model.";
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
 
 /// Why a cell disagrees with the oracle, from what the agents said.
 fn explain(cell: &Cell) -> String {
@@ -359,283 +296,24 @@ fn session(ctx: &Ctx<'_>, c: &CellSpec, stop: &StopFlag) -> Result<SessionResult
             &["--user", &user, "--workers", "1"],
         )
         .map_err(|e| e.to_string())?;
-        let dir = ctx.work.join(format!("cell{}", c.index));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let files = Signaling::new(&dir).map_err(|e| format!("signaling files: {e}"))?;
-        let row_cmd = peer_command(ctx, &live, c, true, &files)?;
-        let col_cmd = peer_command(ctx, &live, c, false, &files)?;
-        let mut row = spawn(&mut live, ROW_HOST, row_cmd)?;
-        let mut col = match spawn(&mut live, COLUMN_HOST, col_cmd) {
-            Ok(p) => p,
-            Err(e) => {
-                runner::kill_group(&mut row.child);
-                return Err(e);
-            }
+        let s = SessionSpec {
+            offer_host: ROW_HOST.to_owned(),
+            answer_host: COLUMN_HOST.to_owned(),
+            server_ip: SERVER_IP,
+            mode: c.mode,
+            turn: c.turn,
+            peers: c.peers,
+            signaling_delay: ctx.spec.signaling_delay,
+            timeout: ctx.spec.timeout,
+            seed: ctx.spec.seed.wrapping_add(c.index as u64),
+            dir: ctx.work.join(format!("cell{}", c.index)),
         };
-        // Both agents give up at the timeout; the datagram exchange after connecting takes
-        // up to 5 s more. Past that, they are killed.
-        let deadline = Instant::now() + ctx.spec.timeout + Duration::from_secs(8);
-        let mut relay = Relay::new(&files, ctx.spec.signaling_delay);
-        let mut interrupted = false;
-        loop {
-            relay.pump();
-            let r_done = matches!(row.child.try_wait(), Ok(Some(_)));
-            let c_done = matches!(col.child.try_wait(), Ok(Some(_)));
-            if r_done && c_done {
-                break;
-            }
-            if stop.load(Ordering::Relaxed) {
-                interrupted = true;
-                break;
-            }
-            if Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let r = finish(row, c.peers.row);
-        let k = finish(col, c.peers.column);
-        if interrupted {
-            return Err("interrupted".into());
-        }
-        Ok((r, k))
+        session::run_session(&mut live, &s, &ctx.agents, stop)
     })();
     let down = live.down();
     let (r, k) = result?;
     down.map_err(|e| format!("teardown: {e}"))?;
     Ok((expected, r, k))
-}
-
-/// The four signaling files of a cell: each agent writes its own `*.out` and follows its
-/// `*.in`, which the relay fills.
-struct Signaling {
-    row_out: PathBuf,
-    row_in: PathBuf,
-    col_out: PathBuf,
-    col_in: PathBuf,
-}
-
-impl Signaling {
-    fn new(dir: &Path) -> std::io::Result<Signaling> {
-        let s = Signaling {
-            row_out: dir.join("row.out"),
-            row_in: dir.join("row.in"),
-            col_out: dir.join("col.out"),
-            col_in: dir.join("col.in"),
-        };
-        for p in [&s.row_out, &s.row_in, &s.col_out, &s.col_in] {
-            std::fs::File::create(p)?;
-        }
-        Ok(s)
-    }
-}
-
-/// Carries lines from one agent's output file to the other's input file, each after the
-/// one-way delay: the signaling server of a real deployment, outside the emulated network.
-struct Relay {
-    lanes: [Lane; 2],
-}
-
-struct Lane {
-    from: PathBuf,
-    to: PathBuf,
-    offset: u64,
-    partial: Vec<u8>,
-    queue: std::collections::VecDeque<(Instant, Vec<u8>)>,
-    delay: Duration,
-}
-
-impl Relay {
-    fn new(f: &Signaling, delay: Duration) -> Relay {
-        let lane = |from: &PathBuf, to: &PathBuf| Lane {
-            from: from.clone(),
-            to: to.clone(),
-            offset: 0,
-            partial: Vec::new(),
-            queue: Default::default(),
-            delay,
-        };
-        Relay {
-            lanes: [lane(&f.row_out, &f.col_in), lane(&f.col_out, &f.row_in)],
-        }
-    }
-
-    fn pump(&mut self) {
-        for l in &mut self.lanes {
-            l.pump();
-        }
-    }
-}
-
-impl Lane {
-    fn pump(&mut self) {
-        let now = Instant::now();
-        if let Ok(mut f) = std::fs::File::open(&self.from) {
-            if f.seek(SeekFrom::Start(self.offset)).is_ok() {
-                let mut buf = Vec::new();
-                // Bounded: a peer that floods its signaling file is cut off at 1 MiB.
-                if let Ok(n) = (&mut f).take(1 << 20).read_to_end(&mut buf) {
-                    self.offset += n as u64;
-                    self.partial.extend_from_slice(&buf);
-                }
-            }
-        }
-        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=i).collect();
-            self.queue.push_back((now + self.delay, line));
-        }
-        let mut out = Vec::new();
-        while self.queue.front().is_some_and(|(at, _)| *at <= now) {
-            if let Some((_, line)) = self.queue.pop_front() {
-                out.extend_from_slice(&line);
-            }
-        }
-        if !out.is_empty() {
-            if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&self.to) {
-                let _ = f.write_all(&out);
-            }
-        }
-    }
-}
-
-fn peer_command(
-    ctx: &Ctx<'_>,
-    live: &runner::Live,
-    c: &CellSpec,
-    row: bool,
-    files: &Signaling,
-) -> Result<Command, String> {
-    let (host, agent, sig_in, sig_out) = if row {
-        (ROW_HOST, c.peers.row, &files.row_in, &files.row_out)
-    } else {
-        (COLUMN_HOST, c.peers.column, &files.col_in, &files.col_out)
-    };
-    let role = if row { "offer" } else { "answer" };
-    let stun = format!("{SERVER_IP}:{STUN_PORT}");
-    let timeout = format!("{:.3}", ctx.spec.timeout.as_secs_f64());
-    let mut cmd = match agent {
-        Agent::Icepeer => {
-            let mut cmd = live
-                .fabric
-                .command(host, &ctx.exe)
-                .map_err(|e| e.to_string())?;
-            cmd.args(["tool", "icepeer", role, "--stun", &stun]);
-            if c.turn != Turn::None {
-                cmd.arg("--turn")
-                    .arg(format!("turn:{stun}?transport={}", c.turn.as_str()))
-                    .args(["--turn-user", TURN_USER, "--turn-pass", TURN_PASS]);
-            }
-            cmd.arg("--seed")
-                .arg((ctx.spec.seed.wrapping_add(c.index as u64) * 2 + u64::from(row)).to_string());
-            cmd
-        }
-        Agent::Aioice => {
-            let mut cmd = live
-                .fabric
-                .command(host, ctx.python)
-                .map_err(|e| e.to_string())?;
-            cmd.arg(ctx.script).args([role, "--stun", &stun]);
-            if c.turn != Turn::None {
-                cmd.args(["--turn", &stun, "--turn-transport", c.turn.as_str()])
-                    .args(["--turn-user", TURN_USER, "--turn-pass", TURN_PASS]);
-            }
-            cmd
-        }
-    };
-    if c.mode == super::model::Mode::Trickle {
-        cmd.arg("--trickle");
-    }
-    cmd.arg("--signal-in")
-        .arg(sig_in)
-        .arg("--signal-out")
-        .arg(sig_out)
-        .args(["--json", "--timeout", &timeout])
-        .env("RUST_LOG", "warn");
-    Ok(cmd)
-}
-
-struct Peer {
-    child: Child,
-    out: std::sync::mpsc::Receiver<Vec<u8>>,
-    err: std::sync::mpsc::Receiver<Vec<u8>>,
-}
-
-fn spawn(live: &mut runner::Live, host: &str, mut cmd: Command) -> Result<Peer, String> {
-    use std::os::unix::process::CommandExt as _;
-    cmd.stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null())
-        .process_group(0);
-    let mut child = live
-        .fabric
-        .spawn(host, cmd)
-        .map_err(|e| format!("cannot start the agent on {host}: {e}"))?;
-    let out = runner::drain(child.stdout.take());
-    let err = runner::drain(child.stderr.take());
-    Ok(Peer { child, out, err })
-}
-
-/// Stop the agent if it still runs and read what it reported.
-fn finish(mut p: Peer, agent: Agent) -> SideResult {
-    let status = match p.child.try_wait() {
-        Ok(Some(s)) => Some(s),
-        _ => {
-            runner::kill_group(&mut p.child);
-            None
-        }
-    };
-    runner::kill_group(&mut p.child);
-    let grace = Duration::from_secs(2);
-    let out = p.out.recv_timeout(grace).unwrap_or_default();
-    let err = p.err.recv_timeout(grace).unwrap_or_default();
-    side_result(agent, status.and_then(|s| s.code()), &out, &err)
-}
-
-/// Read an agent's JSON line (icepeer and aioice_peer.py print the same shape).
-fn side_result(agent: Agent, exit_code: Option<i32>, stdout: &[u8], stderr: &[u8]) -> SideResult {
-    let text = String::from_utf8_lossy(stdout);
-    let json: Option<Value> = text
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
-        .filter(Value::is_object);
-    let mut s = SideResult {
-        agent: agent.as_str().to_owned(),
-        exit_code,
-        ..SideResult::default()
-    };
-    let Some(v) = json else {
-        s.failure = Some(match exit_code {
-            None => "killed after the timeout without a report".into(),
-            Some(c) => format!("exited {c} without a report"),
-        });
-        s.stderr = Some(runner::tail(stderr, 1024));
-        return s;
-    };
-    let str_at = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-    s.connected = v.get("connected").and_then(Value::as_bool).unwrap_or(false);
-    if let Some(l) = v.get("local") {
-        s.local_type = str_at(l, "type");
-        s.local_address = str_at(l, "address");
-    }
-    if let Some(r) = v.get("remote") {
-        s.remote_type = str_at(r, "type");
-        s.remote_address = str_at(r, "address");
-    }
-    s.time_to_connected_ms = v
-        .get("time_to_connected_ms")
-        .and_then(Value::as_f64)
-        .map(round1);
-    s.checks_sent = v.get("checks_sent").and_then(Value::as_u64);
-    s.datagrams_ok = v.get("datagrams_ok").and_then(Value::as_bool);
-    s.failure = str_at(&v, "failure").or_else(|| str_at(&v, "error"));
-    if !s.connected || exit_code != Some(0) {
-        let t = runner::tail(stderr, 1024);
-        if !t.trim().is_empty() {
-            s.stderr = Some(t);
-        }
-    }
-    s
 }
 
 /// Progress: a bar on a terminal, a line per cell otherwise (CI logs).
@@ -729,23 +407,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn agent_reports_are_read_and_garbage_is_a_failure() {
-        let line = br#"{"connected":true,"local":{"type":"srflx","address":"198.51.100.11:5000"},"remote":{"type":"prflx","address":"198.51.100.21:6000"},"time_to_connected_ms":123.456,"checks_sent":7,"datagrams_ok":true,"failure":null}"#;
-        let s = side_result(Agent::Icepeer, Some(0), line, b"");
-        assert!(s.connected);
-        assert_eq!(s.local_type.as_deref(), Some("srflx"));
-        assert_eq!(s.remote_address.as_deref(), Some("198.51.100.21:6000"));
-        assert_eq!(s.time_to_connected_ms, Some(123.5));
-        assert_eq!(s.checks_sent, Some(7));
-        let s = side_result(Agent::Aioice, Some(1), b"Traceback...\n[1,2]\n", b"boom");
-        assert!(!s.connected);
-        assert_eq!(s.failure.as_deref(), Some("exited 1 without a report"));
-        assert_eq!(s.stderr.as_deref(), Some("boom"));
-        let s = side_result(Agent::Aioice, None, &[0xff, 0xfe, b'{'], b"");
-        assert!(!s.connected);
-    }
-
     fn cell_with(expected: Expected, row: SideResult, column: SideResult) -> Cell {
         Cell {
             index: 0,
@@ -753,7 +414,7 @@ mod tests {
             row: "a".into(),
             column: "b".into(),
             mode: super::super::model::Mode::Trickle,
-            turn: Turn::Udp,
+            turn: super::super::model::Turn::Udp,
             peers: super::super::model::Peers::parse("icepeer").unwrap(),
             connected: false,
             path: None,

@@ -767,7 +767,7 @@ impl MatrixSpec {
 }
 
 /// The oracle's view of one NAT box.
-fn level_of(n: &NatDef) -> Level {
+pub fn level_of(n: &NatDef) -> Level {
     match &n.imp {
         NatImpl::Model(c) => Level {
             mapping: c.mapping,
@@ -861,10 +861,25 @@ fn describe(side: &str, e: &Effective) -> String {
 
 /// What the RFC 4787 oracle expects of a cell built from `s` (the cell's scenario).
 pub fn expected(s: &Scenario, turn: Turn) -> Expected {
-    let (a, b) = (side_levels(s, "r_"), side_levels(s, "c_"));
-    let (ea, eb) = (effective(&a), effective(&b));
-    let sides = format!("{}; {}", describe("row", &ea), describe("column", &eb));
-    let direct = oracle::direct(&a, &b);
+    expected_for(&side_levels(s, "r_"), &side_levels(s, "c_"), turn)
+}
+
+/// What the oracle expects of two peers behind `a` (the row side, which offers) and `b` (the
+/// column side), each innermost first, whose outermost levels meet on the network of the
+/// STUN/TURN server. Reasons call the sides "row" and "column".
+pub fn expected_for(a: &[Level], b: &[Level], turn: Turn) -> Expected {
+    expected_between(("row", a), ("column", b), turn)
+}
+
+/// [`expected_for`] with the sides' names for the reason, e.g. `("offer alice", levels)`.
+pub fn expected_between(
+    (name_a, a): (&str, &[Level]),
+    (name_b, b): (&str, &[Level]),
+    turn: Turn,
+) -> Expected {
+    let (ea, eb) = (effective(a), effective(b));
+    let sides = format!("{}; {}", describe(name_a, &ea), describe(name_b, &eb));
+    let direct = oracle::direct(a, b);
     let why_not_direct = match direct {
         Direct::Connects(ra, rb) => {
             let prflx = ra == Remote::PeerReflexive || rb == Remote::PeerReflexive;
@@ -910,9 +925,9 @@ pub fn expected(s: &Scenario, turn: Turn) -> Expected {
                     .to_owned()
             } else {
                 let (x, y, ey) = if dep(&ea) {
-                    ("row", "column", eb)
+                    (name_a, name_b, eb)
                 } else {
-                    ("column", "row", ea)
+                    (name_b, name_a, ea)
                 };
                 format!(
                     "{x} maps per destination, so its checks come from a port {y} never sent \
