@@ -22,3 +22,7 @@ for bench in bench_binding bench_fabric bench_turn bench_ice bench_matrix; do
         "scripts/$bench.sh" --quick
     fi
 done
+# Connectivity matrices against their committed baselines (each run as two shards joined with
+# `sim merge`, as a CI job matrix would): fails when a cell regressed.
+echo "== scripts/matrix_regress.sh --shards 2"
+scripts/matrix_regress.sh --shards 2

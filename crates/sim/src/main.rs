@@ -472,7 +472,9 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let stop = Signals::install().any(true);
             let opts = sim::matrix::run::MatrixOptions {
-                jobs: jobs.unwrap_or_else(sim::matrix::run::default_jobs).max(1),
+                jobs: jobs
+                    .unwrap_or_else(sim::matrix::run::default_jobs)
+                    .clamp(1, sim::matrix::run::MAX_JOBS),
                 shard,
                 progress: !quiet,
                 python,

@@ -1108,10 +1108,7 @@ impl Cx<'_> {
                     ),
                 )
             })?,
-            None => Peers {
-                row: crate::matrix::model::Agent::Icepeer,
-                column: crate::matrix::model::Agent::Icepeer,
-            },
+            None => Peers::default(),
         };
         let bounded =
             |v: &Option<Spanned<String>>, default: Duration, min: Duration, max: Duration| {

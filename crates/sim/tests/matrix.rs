@@ -52,6 +52,28 @@ fn namespaces_of(pid: u32) -> Vec<String> {
         .collect()
 }
 
+/// Run a `sim` command to its end; also return its PID (its namespaces carry it).
+fn run(cmd: &mut Command) -> (Output, u32) {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    (child.wait_with_output().unwrap(), pid)
+}
+
+/// Temporary folders of a sim process that are still there.
+fn workdirs_of(pid: u32) -> Vec<String> {
+    let prefix = format!("natscope-matrix-{pid}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
+}
+
 fn read(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
@@ -83,15 +105,16 @@ fn a_matrix_runs_agrees_with_the_oracle_and_shards_merge_to_the_same_cells() {
     let file = dir.join("small.toml");
     std::fs::write(&file, SMALL).unwrap();
     let reports = dir.join("reports");
-    let o = sim()
+    let (o, pid) = run(sim()
         .arg("matrix")
         .arg(&file)
         .arg("--reports")
         .arg(&reports)
-        .arg("--strict")
-        .output()
-        .unwrap();
+        .arg("--strict"));
     assert!(o.status.success(), "{}", text(&o));
+    // Every cell's namespaces, agents and signaling files are gone.
+    assert_eq!(namespaces_of(pid), Vec::<String>::new());
+    assert_eq!(workdirs_of(pid), Vec::<String>::new());
     let m = read(&reports.join("small/matrix.json"));
     assert_eq!(m["schema_version"], 1);
     assert_eq!(m["total_cells"], 16);
@@ -209,7 +232,7 @@ fn a_matrix_runs_agrees_with_the_oracle_and_shards_merge_to_the_same_cells() {
         "{}",
         text(&o)
     );
-    assert_eq!(namespaces_of(std::process::id()), Vec::<String>::new());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

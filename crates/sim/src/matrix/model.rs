@@ -79,6 +79,16 @@ pub struct Peers {
     pub column: Agent,
 }
 
+impl Default for Peers {
+    /// icepeer on both sides.
+    fn default() -> Self {
+        Peers {
+            row: Agent::Icepeer,
+            column: Agent::Icepeer,
+        }
+    }
+}
+
 impl Peers {
     /// Parse `icepeer/aioice` (a single name means the same agent on both sides).
     pub fn parse(s: &str) -> Option<Peers> {
@@ -118,8 +128,8 @@ impl<'de> Deserialize<'de> for Peers {
     }
 }
 
-/// The kind of path a cell ended on, from the row (controlling) side's selected pair: the
-/// most indirect candidate type of the pair. Ordered from best to worst: a regression is a
+/// The kind of path a cell ended on: the most indirect candidate type in either side's
+/// selected pair. Ordered from best to worst: a regression is a
 /// move to a later variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -226,7 +236,7 @@ pub struct Cell {
     pub peers: Peers,
     /// Both sides connected and datagrams went both ways.
     pub connected: bool,
-    /// The path, from the row side's selected pair.
+    /// The path: the most indirect candidate type in either side's selected pair.
     pub path: Option<PathKind>,
     /// Row side's selected pair as `local-remote` candidate types (e.g. `srflx-prflx`).
     pub pair: Option<String>,
@@ -260,7 +270,7 @@ pub struct ProfileInfo {
     pub name: String,
     /// What it is, in RFC 4787 terms.
     pub description: String,
-    /// Each level, innermost first, in words (e.g. `model eim-apdf`, `kernel masquerade`).
+    /// Each level, innermost first, as its keys (e.g. `preset=eim-apdf`, `kind=kernel-masquerade`).
     pub levels: Vec<String>,
 }
 

@@ -35,6 +35,14 @@ pub enum ReadError {
         /// The cause, with line and column.
         source: serde_json::Error,
     },
+    /// The sizes in the file do not add up or are out of bounds.
+    #[error("{path} is not a consistent matrix.json: {why}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// The file has no `schema_version` (not a matrix.json at all, probably).
     #[error("{path} has no schema_version: not a matrix.json")]
     NoSchema {
@@ -90,7 +98,51 @@ fn parse(path: &Path, text: &str) -> Result<Matrix, ReadError> {
             });
         }
     }
-    serde_json::from_str(text).map_err(json)
+    let m: Matrix = serde_json::from_str(text).map_err(json)?;
+    // The file drives loops in merge and in the reports: its sizes must be consistent and
+    // bounded before anything iterates over them.
+    let dims = [
+        m.rows.len(),
+        m.columns.len(),
+        m.modes.len(),
+        m.turn.len(),
+        m.peers.len(),
+    ]
+    .iter()
+    .try_fold(1usize, |a, &b| a.checked_mul(b));
+    let bad = |why: String| ReadError::Invalid {
+        path: path.to_owned(),
+        why,
+    };
+    if m.total_cells > crate::matrix::spec::MAX_CELLS {
+        return Err(bad(format!(
+            "total_cells {} is more than {}",
+            m.total_cells,
+            crate::matrix::spec::MAX_CELLS
+        )));
+    }
+    if dims != Some(m.total_cells) {
+        return Err(bad(format!(
+            "total_cells {} is not rows x columns x modes x turn x peers",
+            m.total_cells
+        )));
+    }
+    if m.cells.len() > m.total_cells {
+        return Err(bad(format!(
+            "{} cells, more than total_cells {}",
+            m.cells.len(),
+            m.total_cells
+        )));
+    }
+    if let Some(s) = m.shard {
+        if s.count == 0 || s.count > 1000 || s.index == 0 || s.index > s.count {
+            return Err(bad(format!(
+                "shard {}/{} is not i/n with 1 <= i <= n <= 1000",
+                s.index, s.count
+            )));
+        }
+    }
+    Ok(m)
 }
 
 /// Create `dir` and write `matrix.json` (pretty), `matrix.md` and `matrix.html` into it.
@@ -589,7 +641,7 @@ fn legend() -> String {
         o,
         "<span class=\"sw flag\"><span class=\"mark\">{FLAG_MARK}</span>disagrees with the \
          oracle</span></p><p class=\"meta\">Rows: controlling (offering) side; columns: \
-         controlled side. The path kind is the most indirect candidate type of the row side's \
+         controlled side. The path kind is the most indirect candidate type in either side's \
          selected pair. Hover over (or focus) a cell for details.</p></div>"
     );
     o
@@ -1141,5 +1193,27 @@ pub(crate) mod tests {
         assert!(matches!(parse(p, ""), Err(ReadError::Json { .. })));
         let e = read(Path::new("/nonexistent/matrix.json")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/matrix.json"));
+    }
+
+    #[test]
+    fn read_refuses_sizes_that_do_not_add_up() {
+        let p = Path::new("x/matrix.json");
+        let good = serde_json::to_value(sample()).unwrap();
+        assert!(parse(p, &good.to_string()).is_ok());
+        let with = |k: &str, val: serde_json::Value| {
+            let mut v = good.clone();
+            v[k] = val;
+            parse(p, &v.to_string())
+        };
+        // A hostile total would make merge loop for ever.
+        let e = with("total_cells", 1_000_000_000_000_000u64.into()).unwrap_err();
+        assert!(matches!(e, ReadError::Invalid { .. }), "{e}");
+        let total = good["total_cells"].as_u64().unwrap();
+        let e = with("total_cells", (total + 1).into()).unwrap_err();
+        assert!(e.to_string().contains("rows x columns"), "{e}");
+        let e = with("shard", serde_json::json!({"index": 1, "count": 1_000_000})).unwrap_err();
+        assert!(e.to_string().contains("shard"), "{e}");
+        let e = with("shard", serde_json::json!({"index": 3, "count": 2})).unwrap_err();
+        assert!(e.to_string().contains("shard"), "{e}");
     }
 }

@@ -31,6 +31,9 @@ pub struct MatrixOptions {
     pub python: PathBuf,
 }
 
+/// Most cells in parallel: each is a fabric thread, turnd and two agents.
+pub const MAX_JOBS: usize = 64;
+
 /// A sensible number of parallel cells: the agents mostly wait on timers and the network,
 /// so two per core keeps the machine busy without starving the fabric threads.
 pub fn default_jobs() -> usize {
@@ -75,7 +78,7 @@ pub fn run(spec: &MatrixSpec, opts: &MatrixOptions, stop: &StopFlag) -> Result<M
         work: &work.path,
         agents: AgentCtx::prepare(&work.path, &opts.python)?,
     };
-    let jobs = opts.jobs.clamp(1, cells.len().max(1));
+    let jobs = opts.jobs.clamp(1, cells.len().clamp(1, MAX_JOBS));
     let progress = Progress::new(cells.len(), opts.progress);
     let next = AtomicUsize::new(0);
     let done = Mutex::new(Vec::with_capacity(cells.len()));

@@ -31,13 +31,15 @@ impl WorkDir {
     /// Create `<tmp>/natscope-<tag>-<pid>-<n>` (emptied first if it exists).
     pub fn create(tag: &str) -> std::io::Result<WorkDir> {
         static N: AtomicUsize = AtomicUsize::new(0);
+        // A name nobody can guess, created only if it does not exist yet: this folder holds a
+        // script that runs as root.
         let path = std::env::temp_dir().join(format!(
-            "natscope-{tag}-{}-{}",
+            "natscope-{tag}-{}-{}-{:016x}",
             std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
+            N.fetch_add(1, Ordering::SeqCst),
+            rand::random::<u64>()
         ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path)?;
+        std::fs::create_dir(&path)?;
         Ok(WorkDir { path })
     }
 }
@@ -196,7 +198,8 @@ pub fn run_session(
         if Instant::now() > deadline {
             break;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        // 2 ms: signaling delays are tens of milliseconds, and many cells poll at once.
+        std::thread::sleep(Duration::from_millis(2));
     }
     let o = finish(offer, s.peers.row);
     let a = finish(answer, s.peers.column);
@@ -243,7 +246,13 @@ struct Lane {
     partial: Vec<u8>,
     queue: std::collections::VecDeque<(Instant, Vec<u8>)>,
     delay: Duration,
+    /// The peer wrote more than a signaling message can hold without a line end, or more than
+    /// [`MAX_SIGNALING`] in all: the lane carries nothing more.
+    cut: bool,
 }
+
+/// Most bytes one agent may signal in a session (a vanilla blob is a few KiB).
+const MAX_SIGNALING: u64 = 1 << 20;
 
 impl Relay {
     fn new(f: &Signaling, delay: Duration) -> Relay {
@@ -254,6 +263,7 @@ impl Relay {
             partial: Vec::new(),
             queue: Default::default(),
             delay,
+            cut: false,
         };
         Relay {
             lanes: [
@@ -273,15 +283,26 @@ impl Relay {
 impl Lane {
     fn pump(&mut self) {
         let now = Instant::now();
+        if self.cut {
+            return;
+        }
         if let Ok(mut f) = std::fs::File::open(&self.from) {
             if f.seek(SeekFrom::Start(self.offset)).is_ok() {
                 let mut buf = Vec::new();
-                // Bounded: a peer that floods its signaling file is cut off at 1 MiB.
-                if let Ok(n) = (&mut f).take(1 << 20).read_to_end(&mut buf) {
+                let room = MAX_SIGNALING.saturating_sub(self.offset);
+                if let Ok(n) = (&mut f).take(room).read_to_end(&mut buf) {
                     self.offset += n as u64;
                     self.partial.extend_from_slice(&buf);
                 }
             }
+        }
+        // A flooding peer is cut off: what it wrote in all, or one line, is bounded.
+        if self.offset >= MAX_SIGNALING || self.partial.len() > ice::signal::MAX_BLOB {
+            tracing::warn!(from = %self.from.display(), "signaling flood: lane closed");
+            self.cut = true;
+            self.partial.clear();
+            self.queue.clear();
+            return;
         }
         while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=i).collect();
@@ -428,7 +449,7 @@ pub(crate) fn side_result(
     };
     let Some(v) = json else {
         s.failure = Some(match exit_code {
-            None => "killed after the timeout without a report".into(),
+            None => "killed (timeout or signal) without a report".into(),
             Some(c) => format!("exited {c} without a report"),
         });
         s.stderr = Some(runner::tail(stderr, 1024));

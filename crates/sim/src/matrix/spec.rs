@@ -402,10 +402,7 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixSpec, SpecError> {
     let turn = nonempty(m.turn, Turn::Udp)
         .ok_or_else(|| err(Some(m_span.clone()), "turn is empty".into()))?;
     let peers = match m.peers {
-        None => vec![Peers::parse("icepeer").unwrap_or(Peers {
-            row: super::model::Agent::Icepeer,
-            column: super::model::Agent::Icepeer,
-        })],
+        None => vec![Peers::default()],
         Some(v) if v.is_empty() => {
             return Err(err(Some(m_span), "peers is empty".into()));
         }
