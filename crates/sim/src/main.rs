@@ -80,7 +80,7 @@ enum Cmd {
         /// Report root: results go to DIR/<matrix>/.
         #[arg(long, default_value = "reports", value_name = "DIR")]
         reports: PathBuf,
-        /// Cells run in parallel (default: two per core).
+        /// Cells run in parallel (default: four per core).
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
         /// Run only shard I of N (1-based); join the parts with `sim merge`.
