@@ -67,7 +67,9 @@ pub enum Direct {
     UdpBlocked,
 }
 
-fn rank(b: Behavior) -> u8 {
+/// How dependent a behaviour is: endpoint-independent 0, address-dependent 1,
+/// address-and-port-dependent 2.
+pub fn rank(b: Behavior) -> u8 {
     match b {
         Behavior::EndpointIndependent => 0,
         Behavior::AddressDependent => 1,
@@ -76,7 +78,7 @@ fn rank(b: Behavior) -> u8 {
 }
 
 /// The single level a chain behaves as: `None` when nothing translates or filters.
-fn effective(chain: &[Level]) -> Option<Level> {
+pub fn effective(chain: &[Level]) -> Option<Level> {
     if chain.is_empty() {
         return None;
     }

@@ -352,21 +352,16 @@ impl Progress {
 
     fn cell(&self, c: &Cell) {
         let n = self.done.fetch_add(1, Ordering::SeqCst) + 1;
-        let outcome = if let Some(e) = &c.error {
-            format!("error: {e}")
-        } else if c.connected {
-            format!(
-                "{} {:.0} ms",
-                c.path.map_or("?", PathKind::as_str),
-                c.time_to_connected_ms.unwrap_or(0.0)
-            )
-        } else {
-            "failed".into()
+        // The terminal grid's cell text; an error also says why.
+        let outcome = match &c.error {
+            Some(e) => format!("error: {e}"),
+            None if c.connected => format!("{} ms", super::term::outcome(c)),
+            None => "failed".to_owned(),
         };
         let mark = if c.agrees {
             ""
         } else {
-            "  (disagrees with the oracle)"
+            " (disagrees with the oracle)"
         };
         let line = format!(
             "{} vs {} {} turn={} {}: {outcome}{mark}",

@@ -796,14 +796,6 @@ fn side_levels(s: &Scenario, tag: &str) -> Vec<Level> {
         .collect()
 }
 
-fn rank(b: Behavior) -> u8 {
-    match b {
-        Behavior::EndpointIndependent => 0,
-        Behavior::AddressDependent => 1,
-        Behavior::AddressAndPortDependent => 2,
-    }
-}
-
 /// A side summarised as one level: the most dependent mapping and filtering of its chain.
 #[derive(Debug, Clone, Copy)]
 struct Effective {
@@ -814,27 +806,24 @@ struct Effective {
     filtering: Behavior,
 }
 
+/// The oracle's one-level summary of a chain (`None`: nothing on the way).
 fn effective(levels: &[Level]) -> Effective {
-    let mut e = Effective {
-        translates: false,
-        filters: !levels.is_empty(),
-        udp_blocked: false,
-        mapping: Behavior::EndpointIndependent,
-        filtering: Behavior::EndpointIndependent,
-    };
-    for l in levels {
-        e.udp_blocked |= l.udp_blocked;
-        if l.translates {
-            e.translates = true;
-            if rank(l.mapping) > rank(e.mapping) {
-                e.mapping = l.mapping;
-            }
-        }
-        if rank(l.filtering) > rank(e.filtering) {
-            e.filtering = l.filtering;
-        }
+    match oracle::effective(levels) {
+        None => Effective {
+            translates: false,
+            filters: false,
+            udp_blocked: false,
+            mapping: Behavior::EndpointIndependent,
+            filtering: Behavior::EndpointIndependent,
+        },
+        Some(l) => Effective {
+            translates: l.translates,
+            filters: true,
+            udp_blocked: l.udp_blocked,
+            mapping: l.mapping,
+            filtering: l.filtering,
+        },
     }
-    e
 }
 
 fn describe(side: &str, e: &Effective) -> String {

@@ -9,7 +9,13 @@ use super::model::{Cell, Matrix, PathKind};
 /// Short text of a cell: `srflx 182`, `relay 240`, `-` (no connection), `ERR`; a `!` marks a
 /// cell that disagrees with the oracle.
 pub fn short(c: &Cell) -> String {
-    let base = if c.error.is_some() {
+    let base = outcome(c);
+    if c.agrees { base } else { format!("{base} !") }
+}
+
+/// `srflx 182` (path and milliseconds to connected), `-` (no connection) or `ERR`.
+pub fn outcome(c: &Cell) -> String {
+    if c.error.is_some() {
         "ERR".to_owned()
     } else if c.connected {
         format!(
@@ -19,8 +25,7 @@ pub fn short(c: &Cell) -> String {
         )
     } else {
         "-".to_owned()
-    };
-    if c.agrees { base } else { format!("{base} !") }
+    }
 }
 
 fn colour(c: &Cell) -> Color {
