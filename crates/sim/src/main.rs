@@ -80,7 +80,7 @@ enum Cmd {
         /// Report root: results go to DIR/<matrix>/.
         #[arg(long, default_value = "reports", value_name = "DIR")]
         reports: PathBuf,
-        /// Cells run in parallel (default: four per core).
+        /// Cells run in parallel (default: the file's `jobs`, else four per core).
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
         /// Run only shard I of N (1-based); join the parts with `sim merge`.
@@ -118,12 +118,19 @@ enum Cmd {
         baseline: PathBuf,
         /// Fresh matrix.json.
         fresh: PathBuf,
-        /// A time regression must exceed the baseline by this factor...
-        #[arg(long, default_value_t = 1.5, value_name = "R")]
+        /// A cell's time regression must exceed the baseline by this factor...
+        #[arg(long, default_value_t = 2.0, value_name = "R")]
         time_ratio: f64,
         /// ...and by this many milliseconds.
-        #[arg(long, default_value_t = 250.0, value_name = "MS")]
+        #[arg(long, default_value_t = 500.0, value_name = "MS")]
         time_abs_ms: f64,
+        /// A slice (mode x TURN x agents) regresses when the median of fresh/baseline over
+        /// its cells exceeds this factor...
+        #[arg(long, default_value_t = 1.2, value_name = "R")]
+        slice_ratio: f64,
+        /// ...and the median difference this many milliseconds.
+        #[arg(long, default_value_t = 100.0, value_name = "MS")]
+        slice_abs_ms: f64,
         /// Print the comparison as JSON.
         #[arg(long)]
         json: bool,
@@ -409,15 +416,19 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             fresh,
             time_ratio,
             time_abs_ms,
+            slice_ratio,
+            slice_abs_ms,
             json,
         } => {
             use sim::matrix::{compare, report as mreport};
-            let ok = time_ratio.is_finite()
-                && time_ratio >= 1.0
-                && time_abs_ms.is_finite()
-                && time_abs_ms >= 0.0;
+            let ok = [time_ratio, slice_ratio]
+                .iter()
+                .all(|r| r.is_finite() && *r >= 1.0)
+                && [time_abs_ms, slice_abs_ms]
+                    .iter()
+                    .all(|a| a.is_finite() && *a >= 0.0);
             if !ok {
-                eprintln!("sim: --time-ratio must be at least 1 and --time-abs-ms at least 0");
+                eprintln!("sim: the ratios must be at least 1 and the milliseconds at least 0");
                 return Ok(ExitCode::from(EXIT_USAGE));
             }
             let (b, f) = match (mreport::read(&baseline), mreport::read(&fresh)) {
@@ -433,6 +444,8 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 &compare::Thresholds {
                     time_ratio,
                     time_abs_ms,
+                    slice_ratio,
+                    slice_abs_ms,
                 },
             );
             if json {
@@ -473,6 +486,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let stop = Signals::install().any(true);
             let opts = sim::matrix::run::MatrixOptions {
                 jobs: jobs
+                    .or(spec.jobs)
                     .unwrap_or_else(sim::matrix::run::default_jobs)
                     .clamp(1, sim::matrix::run::MAX_JOBS),
                 shard,

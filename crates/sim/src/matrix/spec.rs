@@ -170,6 +170,8 @@ pub struct MatrixSpec {
     pub server_delay: Duration,
     /// ICE timeout per cell.
     pub timeout: Duration,
+    /// Cells in parallel, when the file says (`sim matrix --jobs` wins).
+    pub jobs: Option<usize>,
 }
 
 /// One cell to run.
@@ -226,6 +228,7 @@ struct RawMatrix {
     link_delay: Option<Spanned<String>>,
     server_delay: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    jobs: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -459,6 +462,16 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixSpec, SpecError> {
         Duration::from_secs(10),
         Duration::from_secs(600),
     )?;
+    let jobs = match &m.jobs {
+        None => None,
+        Some(j) if (1..=super::run::MAX_JOBS).contains(j.get_ref()) => Some(*j.get_ref()),
+        Some(j) => {
+            return Err(err(
+                Some(j.span()),
+                format!("jobs must be 1 to {}", super::run::MAX_JOBS),
+            ));
+        }
+    };
     if timeout < Duration::from_secs(1) {
         return Err(err(None, "timeout must be at least 1 s".into()));
     }
@@ -477,6 +490,7 @@ pub fn parse(path: &Path, text: &str) -> Result<MatrixSpec, SpecError> {
         link_delay,
         server_delay,
         timeout,
+        jobs,
     };
     let n = spec.cell_count();
     if n > MAX_CELLS {
@@ -1011,6 +1025,15 @@ mod tests {
         assert!(e.to_string().contains("peers"), "{e}");
         let e = spec("[matrix]\nrows = [\"eim-eif\"]\ntimeout = \"soon\"\n").unwrap_err();
         assert_eq!(e.line, Some(3), "{e}");
+        let e = spec("[matrix]\nrows = [\"eim-eif\"]\njobs = 0\n").unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.to_string().contains("jobs must be 1 to 64"), "{e}");
+        assert_eq!(
+            spec("[matrix]\nrows = [\"eim-eif\"]\njobs = 3\n")
+                .unwrap()
+                .jobs,
+            Some(3)
+        );
         let e = spec("[matrix]\nrows = []\n").unwrap_err();
         assert!(e.to_string().contains("rows"), "{e}");
         let e = spec("[matrix]\nrows = [\"eim-eif\", \"eim-eif\"]\n").unwrap_err();
