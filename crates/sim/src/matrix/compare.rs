@@ -96,7 +96,7 @@ fn slice_timings(
         ) {
             if tb > 0.0 {
                 let key = format!(
-                    "{}|{}|{}",
+                    "{}, TURN {}, {}",
                     f.mode.as_str(),
                     f.turn.as_str(),
                     f.peers.label()
