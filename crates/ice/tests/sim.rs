@@ -386,16 +386,12 @@ fn relay_only_through_the_turn_core_with_exact_counters() {
     assert_eq!(w.turn.as_ref().unwrap().server.allocations(), 2);
 }
 
-/// The nine RFC 4787 mapping x filtering combinations against each other (81 pairs): the path
-/// the agents choose must be the one `nat::oracle` derives from the RFC's definitions (its own
-/// symbolic replay of ICE checks, independent of both this agent and the NAT model).
-#[test]
-fn all_nine_by_nine_rfc4787_pairs_match_the_nat_oracle() {
+/// The nine RFC 4787 mapping x filtering combinations, by preset name.
+fn nine_combinations() -> [(&'static str, nat::Behavior, nat::Behavior); 9] {
     use nat::Behavior::{
         AddressAndPortDependent as Apd, AddressDependent as Ad, EndpointIndependent as Ei,
     };
-    use nat::oracle::{Direct, Level, Remote, direct};
-    let combos = [
+    [
         ("eim-eif", Ei, Ei),
         ("eim-adf", Ei, Ad),
         ("eim-apdf", Ei, Apd),
@@ -405,25 +401,38 @@ fn all_nine_by_nine_rfc4787_pairs_match_the_nat_oracle() {
         ("apdm-eif", Apd, Ei),
         ("apdm-adf", Apd, Ad),
         ("apdm-apdf", Apd, Apd),
-    ];
+    ]
+}
+
+/// The direct path `nat::oracle::direct` derives between two single NATs given as (mapping,
+/// filtering); `None` when no direct path exists.
+fn oracle_path(
+    a: (nat::Behavior, nat::Behavior),
+    b: (nat::Behavior, nat::Behavior),
+) -> Option<Path> {
+    use nat::oracle::{Direct, Level, Remote, direct};
+    match direct(&[Level::nat(a.0, a.1)], &[Level::nat(b.0, b.1)]) {
+        Direct::Connects(Remote::Signalled, Remote::Signalled) => Some(Path::ServerReflexive),
+        Direct::Connects(..) => Some(Path::PeerReflexive),
+        Direct::Impossible | Direct::UdpBlocked => None,
+    }
+}
+
+/// The nine RFC 4787 mapping x filtering combinations against each other (81 pairs): the path
+/// the agents choose must be the one `nat::oracle` derives from the RFC's definitions (its own
+/// symbolic replay of ICE checks, independent of both this agent and the NAT model).
+#[test]
+fn all_nine_by_nine_rfc4787_pairs_match_the_nat_oracle() {
+    let combos = nine_combinations();
     let mut mismatches = Vec::new();
     for (i, (a, am, af)) in combos.iter().enumerate() {
         for (b, bm, bf) in combos.iter() {
-            let want = direct(&[Level::nat(*am, *af)], &[Level::nat(*bm, *bf)]);
+            let want = oracle_path((*am, *af), (*bm, *bf));
             let mut w = World::new(2000 + i as u64, a, b, Opts::default());
             let out = w.run(Duration::from_secs(40));
             let ok = match want {
-                Direct::Connects(Remote::Signalled, Remote::Signalled) => {
-                    out.connected
-                        && out.path_a == Some(Path::ServerReflexive)
-                        && out.path_b == Some(Path::ServerReflexive)
-                }
-                Direct::Connects(..) => {
-                    out.connected
-                        && out.path_a == Some(Path::PeerReflexive)
-                        && out.path_b == Some(Path::PeerReflexive)
-                }
-                Direct::Impossible | Direct::UdpBlocked => !out.connected,
+                Some(p) => out.connected && out.path_a == Some(p) && out.path_b == Some(p),
+                None => !out.connected,
             };
             if !ok {
                 mismatches.push(format!("{a} vs {b}: oracle {want:?}, agents {out:?}"));
@@ -441,31 +450,13 @@ fn all_nine_by_nine_rfc4787_pairs_match_the_nat_oracle() {
 /// relayed checks and filled the controlled agent's candidate table.)
 #[test]
 fn all_nine_by_nine_rfc4787_pairs_with_turn_connect_and_relay_only_when_impossible() {
-    use nat::Behavior::{
-        AddressAndPortDependent as Apd, AddressDependent as Ad, EndpointIndependent as Ei,
-    };
-    use nat::oracle::{Direct, Level, Remote, direct};
-    let combos = [
-        ("eim-eif", Ei, Ei),
-        ("eim-adf", Ei, Ad),
-        ("eim-apdf", Ei, Apd),
-        ("adm-eif", Ad, Ei),
-        ("adm-adf", Ad, Ad),
-        ("adm-apdf", Ad, Apd),
-        ("apdm-eif", Apd, Ei),
-        ("apdm-adf", Apd, Ad),
-        ("apdm-apdf", Apd, Apd),
-    ];
+    let combos = nine_combinations();
     let mut mismatches = Vec::new();
     let mut relayed = 0;
     for (i, (a, am, af)) in combos.iter().enumerate() {
         for (b, bm, bf) in combos.iter() {
             for trickle in [true, false] {
-                let want = match direct(&[Level::nat(*am, *af)], &[Level::nat(*bm, *bf)]) {
-                    Direct::Connects(Remote::Signalled, Remote::Signalled) => Path::ServerReflexive,
-                    Direct::Connects(..) => Path::PeerReflexive,
-                    Direct::Impossible | Direct::UdpBlocked => Path::Relayed,
-                };
+                let want = oracle_path((*am, *af), (*bm, *bf)).unwrap_or(Path::Relayed);
                 let mut w = World::new(
                     4000 + i as u64,
                     a,

@@ -3,52 +3,12 @@
 //! and clean-up after SIGTERM and SIGKILL. CI runs as root; without root these tests fail
 //! loudly rather than skip.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn sim() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sim"));
-    c.current_dir(workspace());
-    c
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "these tests build network namespaces and need root (CI runs as root)"
-    );
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn namespaces_with(prefix: &str) -> Vec<String> {
-    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(prefix))
-        .map(str::to_owned)
-        .collect()
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sim-test-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::*;
 
 #[test]
 fn check_reports_file_and_line() {
@@ -272,10 +232,6 @@ fn a_failed_ice_expectation_fails_the_run() {
         (&"relay".into(), &false.into())
     );
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn sim_namespaces_of(pid: u32) -> Vec<String> {
-    namespaces_with(&format!("nsim{pid}x"))
 }
 
 /// Start `sim shell ... -- sleep 600` and wait until its namespaces exist.

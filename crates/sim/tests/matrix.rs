@@ -2,55 +2,14 @@
 //! `sim matrix`, `sim merge` and `sim compare` end to end, in real namespaces with real
 //! agents (root; CI runs as root, and without root these tests fail loudly rather than skip).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn sim() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sim"));
-    c.current_dir(workspace());
-    c
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn require_root() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "these tests build network namespaces and need root (CI runs as root)"
-    );
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sim-matrix-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn namespaces_of(pid: u32) -> Vec<String> {
-    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    let prefix = format!("nsim{pid}x");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(&prefix))
-        .map(str::to_owned)
-        .collect()
-}
+mod common;
+use common::*;
 
 /// Run a `sim` command to its end; also return its PID (its namespaces carry it).
 fn run(cmd: &mut Command) -> (Output, u32) {
@@ -101,7 +60,7 @@ fn cell<'a>(m: &'a Value, id: &str) -> &'a Value {
 #[test]
 fn a_matrix_runs_agrees_with_the_oracle_and_shards_merge_to_the_same_cells() {
     require_root();
-    let dir = tempdir("small");
+    let dir = tempdir("matrix-small");
     let file = dir.join("small.toml");
     std::fs::write(&file, SMALL).unwrap();
     let reports = dir.join("reports");
@@ -113,7 +72,7 @@ fn a_matrix_runs_agrees_with_the_oracle_and_shards_merge_to_the_same_cells() {
         .arg("--strict"));
     assert!(o.status.success(), "{}", text(&o));
     // Every cell's namespaces, agents and signaling files are gone.
-    assert_eq!(namespaces_of(pid), Vec::<String>::new());
+    assert_eq!(sim_namespaces_of(pid), Vec::<String>::new());
     assert_eq!(workdirs_of(pid), Vec::<String>::new());
     let m = read(&reports.join("small/matrix.json"));
     assert_eq!(m["schema_version"], 1);
@@ -245,7 +204,7 @@ fn a_matrix_runs_agrees_with_the_oracle_and_shards_merge_to_the_same_cells() {
 #[test]
 fn aioice_answers_our_agent_in_a_cell() {
     require_root();
-    let dir = tempdir("aioice");
+    let dir = tempdir("matrix-aioice");
     let file = dir.join("ai.toml");
     std::fs::write(
         &file,
@@ -278,7 +237,7 @@ fn aioice_answers_our_agent_in_a_cell() {
 
 #[test]
 fn a_bad_matrix_file_names_the_line_and_sigterm_cleans_up() {
-    let dir = tempdir("bad");
+    let dir = tempdir("matrix-bad");
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[matrix]\nrows = [\"eim-eif\",\n  \"no-such\"]\n").unwrap();
     let o = sim().arg("matrix").arg(&bad).output().unwrap();
@@ -314,7 +273,7 @@ fn a_bad_matrix_file_names_the_line_and_sigterm_cleans_up() {
         .unwrap();
     let pid = child.id();
     let t0 = Instant::now();
-    while namespaces_of(pid).is_empty() {
+    while sim_namespaces_of(pid).is_empty() {
         assert!(t0.elapsed() < Duration::from_secs(20), "no cell started");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -335,7 +294,7 @@ fn a_bad_matrix_file_names_the_line_and_sigterm_cleans_up() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(130));
-    assert_eq!(namespaces_of(pid), Vec::<String>::new());
+    assert_eq!(sim_namespaces_of(pid), Vec::<String>::new());
     let leftovers = Command::new("pgrep")
         .args(["-f", &format!("natscope-matrix-{pid}-")])
         .output()
