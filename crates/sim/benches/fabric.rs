@@ -12,8 +12,8 @@
 //!    received datagram (sender + receiver + `sim-fabric` + ksoftirqd threads, from
 //!    /proc/<task>/stat), the same CPU figure with the sender paced at 20 000/s (the hop's own
 //!    cost, no wasted work), and a zero-loss figure (highest paced rate with <= 0.1 % loss,
-//!    RFC 2544 style, by bisection). The machine may be shared: CPU per datagram is the
-//!    figure least disturbed by other load.
+//!    RFC 2544 style, by bisection, a rate passing when one of two trials is clean). The
+//!    machine may be shared: CPU per datagram is the figure least disturbed by other load.
 //! 2. `Fabric::up` and `Fabric::down` times for 2, 20 and 200 hosts on one network.
 //!
 //! Arguments: `--quick` (CI: short runs, no zero-loss search, 2 and 20 hosts),
@@ -369,11 +369,16 @@ fn measure(snd_ns: &str, rcv_ns: &str, payload: usize, secs: f64, rate: Option<f
 }
 
 /// Highest paced rate with at most 0.1 % loss (RFC 2544 style throughput), by bisection
-/// between 0 and a bit above the saturated receive rate.
+/// between 0 and a bit above the saturated receive rate. A rate passes when one of two trials
+/// is clean (RFC 2544 repeats trials): on a shared 2-core VM a single scheduling stall of the
+/// receiver for a few milliseconds overflows its socket buffer on any path, and one such stall
+/// in one trial would otherwise decide the figure.
 fn zero_loss(snd_ns: &str, rcv_ns: &str, payload: usize, secs: f64, saturated: f64) -> f64 {
     let clean = |r: f64| {
-        let f = measure(snd_ns, rcv_ns, payload, secs, Some(r));
-        (f.loss() <= 0.001 && f.offered >= 0.97 * r).then_some(f.received)
+        (0..2).find_map(|_| {
+            let f = measure(snd_ns, rcv_ns, payload, secs, Some(r));
+            (f.loss() <= 0.001 && f.offered >= 0.97 * r).then_some(f.received)
+        })
     };
     let top = saturated * 1.15;
     if let Some(got) = clean(top) {

@@ -6,12 +6,14 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::io::IoSlice;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::gso::{self, Outbox, ReadHeader, VNET_HDR_LEN};
 use super::impair::{Fate, LinkDirection, derive_seed};
 use super::pcap::PcapWriter;
 use super::plan::{AttachKind, Plan, Route};
@@ -24,10 +26,10 @@ use crate::topology::{Side, Translator, Verdict};
 const MAX_HOPS: u8 = 32;
 /// Reads from one device before the loop looks at the others.
 const READ_BURST: usize = 64;
-/// Nice value of the packet loop thread when it cannot be real-time.
+/// Nice value of the packet loop thread in `nice` mode (and `fifo` without CAP_SYS_NICE).
 const FABRIC_NICE: i32 = -10;
-/// Environment variable that chooses the packet loop's scheduling: `fifo` (default),
-/// `nice` or `normal`.
+/// Environment variable that chooses the packet loop's scheduling: `normal` (default), `fifo`
+/// or `nice` (see [`Sched`]).
 const SCHED_ENV: &str = "NATSCOPE_FABRIC_SCHED";
 const CONTROL_TOKEN: u64 = u64::MAX;
 const BUF_LEN: usize = 65_536;
@@ -153,6 +155,10 @@ pub(crate) struct Engine {
     stats: FabricStats,
     shared: Arc<Shared>,
     epoch: (Instant, SystemTime),
+    /// Datagrams bound for each attachment's device, merged while a burst lasts (see `gso`).
+    outboxes: Vec<Outbox>,
+    /// Attachments whose outbox holds something.
+    dirty: Vec<usize>,
 }
 
 /// Inputs for [`Engine::new`]: the TUN descriptor of each attachment that has one, and an
@@ -218,6 +224,7 @@ impl Engine {
                 })
                 .collect(),
         };
+        let outboxes = plan.attachments.iter().map(|_| Outbox::default()).collect();
         Self {
             plan,
             atts,
@@ -230,6 +237,8 @@ impl Engine {
             stats,
             shared,
             epoch: (Instant::now(), SystemTime::now()),
+            outboxes,
+            dirty: Vec::new(),
         }
     }
 
@@ -274,7 +283,7 @@ impl Engine {
     }
 
     fn run_inner(&mut self) -> std::io::Result<()> {
-        raise_priority();
+        let mut sched = Sched::start();
         let epoll = sys::Epoll::new()?;
         epoll.add(self.shared.wake.as_raw_fd(), CONTROL_TOKEN)?;
         for (i, a) in self.atts.iter().enumerate() {
@@ -293,7 +302,14 @@ impl Engine {
                 // Round up to whole milliseconds so the loop does not spin before a deadline.
                 i32::try_from(d.as_micros().div_ceil(1000).min(1000)).unwrap_or(1000)
             });
-            let n = epoll.wait(&mut events, timeout);
+            // Look before sleeping: finding work ready means the loop has not been idle.
+            let mut n = epoll.wait(&mut events, 0);
+            if n == 0 {
+                sched.idle();
+                n = epoll.wait(&mut events, timeout);
+            } else {
+                sched.busy(now);
+            }
             for ev in events.iter().take(n) {
                 let token = sys::event_token(ev);
                 if token == CONTROL_TOKEN {
@@ -349,6 +365,7 @@ impl Engine {
             self.forward(now, p.att, p.dir, &mut b, p.hops, true);
             self.pool.push(b);
         }
+        self.flush_outboxes();
     }
 
     fn drain_device(&mut self, att: usize, buf: &mut [u8]) {
@@ -364,17 +381,105 @@ impl Engine {
         for _ in 0..READ_BURST {
             match sys::read(fd, buf) {
                 Ok(Some(len)) => {
-                    if let Some(pkt) = buf.get_mut(..len) {
-                        self.on_device_packet(now, att, pkt);
+                    if let Some(frame) = buf.get_mut(..len) {
+                        self.on_device_frame(now, att, frame);
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(e) => {
                     tracing::warn!("read from TUN device failed: {e}");
+                    break;
+                }
+            }
+        }
+        self.flush_outboxes();
+    }
+
+    /// A frame read from a TUN device: the virtio-net header, then the packet.
+    fn on_device_frame(&mut self, now: Instant, att: usize, frame: &mut [u8]) {
+        let (hdr, pkt) = frame.split_at_mut(VNET_HDR_LEN.min(frame.len()));
+        match gso::read_header(hdr) {
+            Some(ReadHeader::Plain) => {}
+            Some(ReadHeader::NeedsChecksum { start, offset }) => {
+                if !gso::complete_checksum(pkt, start, offset) {
+                    return self.network_drop(att, "malformed");
+                }
+            }
+            Some(ReadHeader::Segmented) => return self.network_drop(att, "offload"),
+            None => return self.network_drop(att, "malformed"),
+        }
+        self.on_device_packet(now, att, pkt);
+    }
+
+    /// Hand `pkt` to attachment `att`'s device: into its outbox when it can be merged with
+    /// what follows, else written now (after whatever the outbox held, to keep the order).
+    fn emit(&mut self, att: usize, pkt: &[u8]) {
+        let Some(out) = self.outboxes.get_mut(att) else {
+            return;
+        };
+        let was_empty = out.is_empty();
+        if out.offer(pkt) {
+            if was_empty {
+                self.dirty.push(att);
+            }
+            return;
+        }
+        if !was_empty {
+            self.flush(att);
+            if let Some(out) = self.outboxes.get_mut(att) {
+                if out.offer(pkt) {
+                    self.dirty.push(att);
                     return;
                 }
             }
         }
+        let Some(fd) = self.device(att) else {
+            return;
+        };
+        let vnet = [0u8; VNET_HDR_LEN];
+        if sys::writev(fd, &[IoSlice::new(&vnet), IoSlice::new(pkt)]).is_err() {
+            self.network_drop(att, "write-error");
+        }
+    }
+
+    fn device(&self, att: usize) -> Option<std::os::fd::RawFd> {
+        Some(self.atts.get(att)?.fd.as_ref()?.as_raw_fd())
+    }
+
+    /// Write what attachment `att`'s outbox holds as one frame.
+    fn flush(&mut self, att: usize) {
+        let fd = self.device(att);
+        let Some(frame) = self.outboxes.get_mut(att).and_then(Outbox::take) else {
+            return;
+        };
+        let Some(fd) = fd else {
+            return;
+        };
+        let parts = [
+            IoSlice::new(&frame.vnet),
+            IoSlice::new(frame.head),
+            IoSlice::new(frame.payload),
+        ];
+        let (datagrams, bytes) = (frame.datagrams, frame.len_unmerged());
+        if sys::writev(fd, &parts).is_err() {
+            for _ in 0..datagrams {
+                self.network_drop(att, "write-error");
+            }
+        } else if datagrams > 1 {
+            if let Some(ls) = self.stats.links.get_mut(att) {
+                ls.down.merged.packets += datagrams as u64;
+                ls.down.merged.bytes += bytes as u64;
+            }
+        }
+    }
+
+    /// Write every outbox that holds something (the end of a burst or of a timer round).
+    fn flush_outboxes(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for att in dirty.drain(..) {
+            self.flush(att);
+        }
+        self.dirty = dirty;
     }
 
     /// A packet the kernel emitted on a TUN device (a host's, or a kernel NAT box's side).
@@ -533,10 +638,7 @@ impl Engine {
                 let kind = self.plan.attachments.get(att)?.kind;
                 match kind {
                     AttachKind::Host(_) | AttachKind::Kernel { .. } => {
-                        let fd = self.atts.get(att)?.fd.as_ref()?.as_raw_fd();
-                        if sys::write(fd, pkt).is_err() {
-                            self.network_drop(att, "write-error");
-                        }
+                        self.emit(att, pkt);
                         None
                     }
                     AttachKind::Model { nat, side } => self.translate(now, nat, side, pkt),
@@ -575,26 +677,89 @@ impl Engine {
     }
 }
 
-/// Give the packet loop precedence over the programs whose packets it moves, as the kernel's
-/// softirq has on a real hop. Without it a saturating sender (or any busy neighbour) takes
-/// the CPU the loop needs, its packets pile up and die in the TUN queue, and the CPU spent
-/// sending them is wasted. SCHED_FIFO at the lowest real-time priority: the loop preempts
-/// normal threads when a packet is ready and sleeps in epoll otherwise; the kernel's RT
-/// throttling (95 % by default) still bounds it under a flood. Falls back to nice -10, then
-/// to the default, without CAP_SYS_NICE. `NATSCOPE_FABRIC_SCHED=nice|normal` opts out.
-fn raise_priority() {
-    let mode = std::env::var(SCHED_ENV).unwrap_or_default();
-    if mode == "normal" {
-        return;
-    }
-    if mode != "nice" {
-        match sys::set_thread_fifo(1) {
-            Ok(()) => return,
-            Err(e) => tracing::debug!("packet loop stays out of SCHED_FIFO: {e}"),
+/// The packet loop's scheduling.
+///
+/// Default (`normal`): the ordinary class, sharing the CPU fairly with the programs whose
+/// packets it moves; a loop that sleeps in epoll between packets is woken promptly by the
+/// scheduler anyway. Since TUN writes merge datagrams (see `gso`), the loop costs so little per
+/// datagram that fairness is what matters: on this 2-core machine the receiver of a flood is
+/// the bottleneck, and any priority for the loop takes CPU from it.
+///
+/// `fifo`: SCHED_FIFO at the lowest real-time priority, modelled on the kernel's softirq and
+/// ksoftirqd: the loop preempts everything when a packet is ready, until it has found work
+/// waiting every time it looked for [`BUSY_BUDGET`]; then it drops to SCHED_OTHER until it next
+/// finds nothing to do, as the kernel hands softirq work that outlasts its 2 ms budget to
+/// ksoftirqd. Without that step a flood turns into receive livelock: the loop, each write also
+/// running the receiving namespace's stack, keeps delivering datagrams into a socket whose
+/// reader never gets the CPU (measured: 540,000/s delivered into the receiver's buffer, 55,000/s
+/// read). Even so, plain real-time wakeups made the receiver wait behind the loop often enough
+/// to halve the zero-loss rate, hence not the default. Without CAP_SYS_NICE: nice -10.
+///
+/// `nice`: the ordinary class at nice -10 throughout.
+#[derive(Debug)]
+struct Sched {
+    /// Real-time was granted at start, so the loop may switch.
+    realtime: bool,
+    /// Currently dropped to SCHED_OTHER.
+    demoted: bool,
+    /// When the loop last found nothing to do.
+    busy_since: Option<Instant>,
+}
+
+/// How long the loop may keep finding work before it gives up real-time priority.
+const BUSY_BUDGET: Duration = Duration::from_millis(2);
+
+impl Sched {
+    fn start() -> Self {
+        let mode = std::env::var(SCHED_ENV).unwrap_or_default();
+        let mut realtime = false;
+        if mode == "fifo" {
+            match sys::set_thread_fifo(1) {
+                Ok(()) => realtime = true,
+                Err(e) => tracing::debug!("packet loop stays out of SCHED_FIFO: {e}"),
+            }
+        }
+        if mode == "nice" || (mode == "fifo" && !realtime) {
+            if let Err(e) = sys::set_thread_nice(FABRIC_NICE) {
+                tracing::debug!("could not raise the packet loop's priority: {e}");
+            }
+        }
+        Self {
+            realtime,
+            demoted: false,
+            busy_since: None,
         }
     }
-    if let Err(e) = sys::set_thread_nice(FABRIC_NICE) {
-        tracing::debug!("could not raise the packet loop's priority: {e}");
+
+    /// The loop found work waiting without sleeping.
+    fn busy(&mut self, now: Instant) {
+        if !self.realtime || self.demoted {
+            return;
+        }
+        let since = *self.busy_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= BUSY_BUDGET {
+            match sys::set_thread_normal() {
+                Ok(()) => self.demoted = true,
+                Err(e) => {
+                    tracing::debug!("packet loop could not leave SCHED_FIFO: {e}");
+                    self.realtime = false;
+                }
+            }
+        }
+    }
+
+    /// The loop found nothing to do and is about to sleep.
+    fn idle(&mut self) {
+        self.busy_since = None;
+        if self.demoted {
+            match sys::set_thread_fifo(1) {
+                Ok(()) => self.demoted = false,
+                Err(e) => {
+                    tracing::debug!("packet loop could not return to SCHED_FIFO: {e}");
+                    self.realtime = false;
+                }
+            }
+        }
     }
 }
 

@@ -11,7 +11,7 @@
 //! `^nsim[0-9]+x[0-9]+-` and reads the owning PID from it.
 //!
 //! # Inside a namespace
-//! Hosts: `lo` up, IPv6 off, `tun0` (IFF_TUN | IFF_NO_PI) with the host's addresses (with
+//! Hosts: `lo` up, IPv6 off, `tun0` (IFF_TUN | IFF_NO_PI | IFF_VNET_HDR) with the host's addresses (with
 //! the network's prefix length when a prefix holds them, else /32), MTU 1500, up, default route
 //! via `tun0`. Kernel NAT boxes: `in0` (inside address) and `out0` (external address), the
 //! inside network's prefixes routed via `in0`, default route via `out0`, `ip_forward=1`,
@@ -20,12 +20,14 @@
 //! # Packet loop
 //! One OS thread (see `engine`) owns every TUN descriptor: epoll plus a timer queue for
 //! impaired links. Links without impairment take a fast path: no copy, no queue.
-//! The loop thread runs SCHED_FIFO (lowest real-time priority; nice -10 if that is not
-//! allowed) so that, like the kernel's softirq on a real hop, it is not starved by the
-//! programs whose packets it moves; `NATSCOPE_FABRIC_SCHED=nice|normal` opts out.
+//! TUN devices carry a virtio-net header: consecutive datagrams of one flow bound for one
+//! device are written as one UDP GSO packet, which the kernel splits back into the same
+//! datagrams (see `gso`). The loop thread runs in the normal scheduling class;
+//! `NATSCOPE_FABRIC_SCHED=fifo|nice` chooses real-time (with a softirq-like budget) or nice -10.
 //! pcap files record packets as they leave a link (lost packets are not in them).
 
 mod engine;
+mod gso;
 mod impair;
 mod netns;
 mod pcap;

@@ -29,6 +29,9 @@ pub struct DirectionStats {
     pub delivered: Counter,
     /// Drops by reason (`loss`, `queue-full`).
     pub drops: BTreeMap<String, u64>,
+    /// Datagrams the fabric wrote to the device merged with others into one UDP GSO frame
+    /// (only `down`, towards a host's or kernel box's TUN device; the kernel splits them back).
+    pub merged: Counter,
 }
 
 /// A link: a host to its network, or one side of a NAT box to its network.
@@ -71,7 +74,8 @@ pub struct NetworkStats {
     /// Packets routed to an attachment.
     pub routed: Counter,
     /// Routing drops by reason (`no-route`, `unowned-destination`, `gateway-loop`,
-    /// `not-ipv4`, `malformed`, `write-error`).
+    /// `not-ipv4`, `malformed`, `offload` (a GSO frame from a device, never negotiated),
+    /// `write-error`).
     pub drops: BTreeMap<String, u64>,
 }
 

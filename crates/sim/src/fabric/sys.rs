@@ -21,6 +21,7 @@ const IFF_UP: libc::c_short = 0x1;
 const RTF_UP: libc::c_ushort = 0x1;
 const IFF_TUN: libc::c_short = 0x0001;
 const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
 
 /// `struct ifreq` restricted to the members used here.
 #[repr(C)]
@@ -94,11 +95,12 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// Open a TUN device (IFF_TUN | IFF_NO_PI, non-blocking, close-on-exec) named `name` in the
-/// calling thread's network namespace.
+/// Open a TUN device (IFF_TUN | IFF_NO_PI | IFF_VNET_HDR, non-blocking, close-on-exec) named
+/// `name` in the calling thread's network namespace. Every read and write carries a
+/// virtio-net header (see `gso`); no offload is negotiated, so reads are whole packets.
 pub(crate) fn open_tun(name: &str) -> io::Result<OwnedFd> {
     let mut req = ifreq(name)?;
-    req.data.flags = IFF_TUN | IFF_NO_PI;
+    req.data.flags = IFF_TUN | IFF_NO_PI | IFF_VNET_HDR;
     // SAFETY: the path is a valid NUL-terminated string; open has no other preconditions.
     let fd = check(unsafe {
         libc::open(
@@ -218,10 +220,13 @@ pub(crate) fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
     Ok(Some(n.unsigned_abs()))
 }
 
-/// Write one packet.
-pub(crate) fn write(fd: RawFd, buf: &[u8]) -> io::Result<()> {
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the duration of the call.
-    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+/// Write one packet gathered from `parts`.
+pub(crate) fn writev(fd: RawFd, parts: &[std::io::IoSlice<'_>]) -> io::Result<()> {
+    let count = libc::c_int::try_from(parts.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "too many parts"))?;
+    // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` and every slice is valid for
+    // reads of its length for the duration of the call.
+    let n = unsafe { libc::writev(fd, parts.as_ptr().cast(), count) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -246,6 +251,14 @@ pub(crate) fn set_thread_fifo(priority: i32) -> io::Result<()> {
     };
     // SAFETY: `param` is a valid sched_param for the call; pid 0 is the calling thread.
     check(unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) })?;
+    Ok(())
+}
+
+/// Put the calling thread back in the normal (SCHED_OTHER) class.
+pub(crate) fn set_thread_normal() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call; pid 0 is the calling thread.
+    check(unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) })?;
     Ok(())
 }
 
