@@ -31,6 +31,8 @@ const FABRIC_NICE: i32 = -10;
 /// Environment variable that chooses the packet loop's scheduling: `normal` (default), `fifo`
 /// or `nice` (see [`Sched`]).
 const SCHED_ENV: &str = "NATSCOPE_FABRIC_SCHED";
+/// Environment variable that turns merged (GSO) writes off: `off`.
+const GSO_ENV: &str = "NATSCOPE_FABRIC_GSO";
 const CONTROL_TOKEN: u64 = u64::MAX;
 const BUF_LEN: usize = 65_536;
 
@@ -159,6 +161,8 @@ pub(crate) struct Engine {
     outboxes: Vec<Outbox>,
     /// Attachments whose outbox holds something.
     dirty: Vec<usize>,
+    /// Merging is on (`NATSCOPE_FABRIC_GSO=off`, or a kernel that refuses it, turns it off).
+    merge: bool,
 }
 
 /// Inputs for [`Engine::new`]: the TUN descriptor of each attachment that has one, and an
@@ -239,6 +243,7 @@ impl Engine {
             epoch: (Instant::now(), SystemTime::now()),
             outboxes,
             dirty: Vec::new(),
+            merge: std::env::var(GSO_ENV).map_or(true, |v| v != "off"),
         }
     }
 
@@ -302,14 +307,21 @@ impl Engine {
                 // Round up to whole milliseconds so the loop does not spin before a deadline.
                 i32::try_from(d.as_micros().div_ceil(1000).min(1000)).unwrap_or(1000)
             });
-            // Look before sleeping: finding work ready means the loop has not been idle.
-            let mut n = epoll.wait(&mut events, 0);
-            if n == 0 {
-                sched.idle();
-                n = epoll.wait(&mut events, timeout);
+            let n = if sched.realtime {
+                // Look before sleeping: finding work ready means the loop has not been idle.
+                match epoll.wait(&mut events, 0) {
+                    0 => {
+                        sched.idle();
+                        epoll.wait(&mut events, timeout)
+                    }
+                    n => {
+                        sched.busy(now);
+                        n
+                    }
+                }
             } else {
-                sched.busy(now);
-            }
+                epoll.wait(&mut events, timeout)
+            };
             for ev in events.iter().take(n) {
                 let token = sys::event_token(ev);
                 if token == CONTROL_TOKEN {
@@ -414,25 +426,29 @@ impl Engine {
     /// Hand `pkt` to attachment `att`'s device: into its outbox when it can be merged with
     /// what follows, else written now (after whatever the outbox held, to keep the order).
     fn emit(&mut self, att: usize, pkt: &[u8]) {
-        let Some(out) = self.outboxes.get_mut(att) else {
-            return;
-        };
-        let was_empty = out.is_empty();
-        if out.offer(pkt) {
-            if was_empty {
-                self.dirty.push(att);
-            }
-            return;
-        }
-        if !was_empty {
-            self.flush(att);
-            if let Some(out) = self.outboxes.get_mut(att) {
-                if out.offer(pkt) {
+        if self.merge {
+            let Some(out) = self.outboxes.get_mut(att) else {
+                return;
+            };
+            let was_empty = out.is_empty();
+            if out.offer(pkt) {
+                if was_empty {
                     self.dirty.push(att);
+                }
+                return;
+            }
+            if !was_empty {
+                // `att` stays in `dirty`: the refill (if any) is flushed with the rest.
+                self.flush(att);
+                if self.merge && self.outboxes.get_mut(att).is_some_and(|o| o.offer(pkt)) {
                     return;
                 }
             }
         }
+        self.write_alone(att, pkt);
+    }
+
+    fn write_alone(&mut self, att: usize, pkt: &[u8]) {
         let Some(fd) = self.device(att) else {
             return;
         };
@@ -457,15 +473,34 @@ impl Engine {
         };
         let parts = [
             IoSlice::new(&frame.vnet),
-            IoSlice::new(frame.head),
+            IoSlice::new(&frame.head),
             IoSlice::new(frame.payload),
         ];
         let (datagrams, bytes) = (frame.datagrams, frame.len_unmerged());
-        if sys::writev(fd, &parts).is_err() {
-            for _ in 0..datagrams {
-                self.network_drop(att, "write-error");
+        match sys::writev(fd, &parts) {
+            Err(e) if datagrams > 1 && e.raw_os_error() == Some(libc::EINVAL) => {
+                // A kernel without UDP GSO from TUN (before 6.2): write alone from now on.
+                tracing::warn!("the kernel refused a merged UDP frame ({e}); merging is off");
+                self.merge = false;
+                let each = self
+                    .outboxes
+                    .get(att)
+                    .map(Outbox::unmerged)
+                    .unwrap_or_default();
+                for p in each {
+                    self.write_alone(att, &p);
+                }
+                return;
             }
-        } else if datagrams > 1 {
+            Err(_) => {
+                for _ in 0..datagrams {
+                    self.network_drop(att, "write-error");
+                }
+                return;
+            }
+            Ok(()) => {}
+        }
+        if datagrams > 1 {
             if let Some(ls) = self.stats.links.get_mut(att) {
                 ls.down.merged.packets += datagrams as u64;
                 ls.down.merged.bytes += bytes as u64;
@@ -741,8 +776,9 @@ impl Sched {
             match sys::set_thread_normal() {
                 Ok(()) => self.demoted = true,
                 Err(e) => {
+                    // Still real-time: try again after another budget.
                     tracing::debug!("packet loop could not leave SCHED_FIFO: {e}");
-                    self.realtime = false;
+                    self.busy_since = Some(now);
                 }
             }
         }
@@ -755,8 +791,10 @@ impl Sched {
             match sys::set_thread_fifo(1) {
                 Ok(()) => self.demoted = false,
                 Err(e) => {
+                    // Stays in the normal class for good, which is safe.
                     tracing::debug!("packet loop could not return to SCHED_FIFO: {e}");
                     self.realtime = false;
+                    self.demoted = false;
                 }
             }
         }

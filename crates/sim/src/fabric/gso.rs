@@ -1,14 +1,24 @@
 //! Writing to TUN devices with a virtio-net header (IFF_VNET_HDR), so that consecutive UDP
 //! datagrams of one flow, bound for one device in one burst, go into the kernel as one UDP GSO
 //! packet (`VIRTIO_NET_HDR_GSO_UDP_L4`, Linux 6.2+): one `writev` and one pass through the
-//! receiving namespace's IP layer instead of one per datagram. The kernel splits it again before
-//! any socket or router sees it, so what arrives is what was sent: the same datagrams, in order,
-//! with the same addresses, ports, payloads, TTL, TOS and flags, and the same IP IDs (only a run
-//! of consecutive IDs is merged, as the kernel numbers the pieces `id, id+1, ...`), each with a
-//! correct UDP checksum. Merging only ever takes datagrams whose own UDP checksum verified, so a
+//! receiving namespace's IP layer instead of one per datagram. The kernel splits it again where
+//! it delivers to a socket (or, in a kernel NAT box, where it sends the packet on), so what a
+//! program receives is what was sent: the same datagrams, in order, with the same addresses,
+//! ports, payloads, TTL, TOS and flags, and the same IP IDs (only a run of consecutive IDs is
+//! merged, as the kernel numbers the pieces `id, id+1, ...`), each with a correct UDP checksum.
+//! Merging only ever takes datagrams whose IPv4 header checksum and UDP checksum verified, so a
 //! corrupt or checksum-less datagram is written alone, untouched, and meets the receiver's stack
 //! as it is. pcap files record the datagrams before this step. The technique is the one
 //! wireguard-go and Tailscale use on their TUN devices.
+//!
+//! What sees the merged packet rather than the datagrams: the receiving namespace's IP layer
+//! (and a kernel NAT box's conntrack and nftables), raw sockets and captures inside it, sockets
+//! with UDP_GRO on (they get the data coalesced, as from a real GRO-capable NIC), and ICMP
+//! errors raised before the split: a run to a closed port gets one port-unreachable, quoting the
+//! merged header, where separate datagrams would each get one (the kernel rate-limits those to
+//! a burst of 50 anyway). Datagrams with TTL 1 or 0 are never merged, so a kernel box's
+//! time-exceeded errors stay per datagram. `NATSCOPE_FABRIC_GSO=off` writes every datagram
+//! alone; a kernel that refuses merged frames (before 6.2) turns merging off by itself.
 //!
 //! Reads carry the same header; with no offload negotiated (no TUNSETOFFLOAD) the kernel hands
 //! over whole, checksummed packets, but a header asking for a checksum is honoured anyway.
@@ -68,7 +78,11 @@ pub(crate) fn complete_checksum(pkt: &mut [u8], start: usize, offset: usize) -> 
         return false;
     }
     let sum = fold(ones_sum(pkt.get(start..).unwrap_or_default(), 0));
-    let ck = !sum;
+    let mut ck = !sum;
+    // A UDP checksum that computes to zero is sent as all ones (zero means "none").
+    if ck == 0 && pkt.get(9) == Some(&17) {
+        ck = 0xffff;
+    }
     if let Some(f) = pkt.get_mut(at..at + 2) {
         f.copy_from_slice(&ck.to_be_bytes());
     }
@@ -112,10 +126,17 @@ fn header_checksum(hdr: &[u8]) -> u16 {
     !fold(ones_sum(hdr, 0))
 }
 
-/// A datagram that may be merged: IPv4 without options, not a fragment, UDP with a payload,
-/// lengths consistent, and a UDP checksum that is present and verifies.
+/// A datagram that may be merged: IPv4 without options, not a fragment, TTL above 1, UDP with
+/// a payload, lengths consistent, a valid header checksum, and a UDP checksum that is present
+/// and verifies.
 fn mergeable(pkt: &[u8]) -> bool {
     if pkt.len() <= HEAD_LEN || pkt.first() != Some(&0x45) || pkt.get(9) != Some(&17) {
+        return false;
+    }
+    if pkt.get(8).is_none_or(|&ttl| ttl <= 1) {
+        return false;
+    }
+    if pkt.get(..20).is_none_or(|h| fold(ones_sum(h, 0)) != 0xffff) {
         return false;
     }
     let be = |i: usize| {
@@ -157,6 +178,8 @@ pub(crate) struct Outbox {
     /// A shorter datagram was taken: nothing more can follow it.
     closed: bool,
     next_id: u16,
+    /// Datagrams in the frame last taken (for [`Outbox::unmerged`]).
+    taken: usize,
 }
 
 /// What [`Outbox::take`] has for the device.
@@ -165,7 +188,7 @@ pub(crate) struct Frame<'a> {
     /// The virtio-net header to write first.
     pub(crate) vnet: [u8; VNET_HDR_LEN],
     /// IPv4 and UDP headers (the merged packet's when several datagrams were taken).
-    pub(crate) head: &'a [u8; HEAD_LEN],
+    pub(crate) head: [u8; HEAD_LEN],
     /// Every payload, back to back.
     pub(crate) payload: &'a [u8],
     /// How many datagrams the frame carries.
@@ -224,11 +247,13 @@ impl Outbox {
         if segs == 0 {
             return None;
         }
+        self.taken = segs;
         let mut vnet = [0u8; VNET_HDR_LEN];
+        let mut head = self.head;
         if segs > 1 {
             let udp_len = 8 + self.payload.len();
             let total = 20 + udp_len;
-            let h = &mut self.head;
+            let h = &mut head;
             h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
             h[10..12].copy_from_slice(&[0, 0]);
             let ck = header_checksum(&h[..20]);
@@ -246,10 +271,44 @@ impl Outbox {
         }
         Some(Frame {
             vnet,
-            head: &self.head,
+            head,
             payload: &self.payload,
             datagrams: segs,
         })
+    }
+
+    /// The datagrams of the frame [`Outbox::take`] last gave, exactly as they were offered (for
+    /// writing them one by one when the kernel refuses the merged frame). Empty once anything
+    /// new was offered.
+    pub(crate) fn unmerged(&self) -> Vec<Vec<u8>> {
+        if self.segs != 0 || self.taken == 0 {
+            return Vec::new();
+        }
+        let id = ip_id(&self.head);
+        let mut out = Vec::with_capacity(self.taken);
+        for (i, chunk) in self.payload.chunks(self.seg_len.max(1)).enumerate() {
+            let mut p = Vec::with_capacity(HEAD_LEN + chunk.len());
+            p.extend_from_slice(&self.head);
+            p.extend_from_slice(chunk);
+            let total = p.len();
+            let udp_len = total - 20;
+            p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+            p[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
+            p[10..12].copy_from_slice(&[0, 0]);
+            let ck = header_checksum(&p[..20]);
+            p[10..12].copy_from_slice(&ck.to_be_bytes());
+            p[24..26].copy_from_slice(&(udp_len as u16).to_be_bytes());
+            p[26..28].copy_from_slice(&[0, 0]);
+            let sum = fold(ones_sum(&p[20..], pseudo_sum(&p, udp_len)));
+            // Every merged datagram had a verified, non-zero checksum: the recomputed one is it.
+            let ck = match !sum {
+                0 => 0xffff,
+                c => c,
+            };
+            p[26..28].copy_from_slice(&ck.to_be_bytes());
+            out.push(p);
+        }
+        out
     }
 }
 
@@ -281,7 +340,9 @@ mod tests {
     }
 
     /// Split a frame the way the kernel's UDP GSO does, for checking: each datagram gets the
-    /// head with its own length, ID (+1 each), header checksum and a full UDP checksum.
+    /// head with its own length, ID (+1 each) and header checksum; its UDP checksum field is the
+    /// frame's partial sum adjusted for the datagram's length (`__udp_gso_segment`), then
+    /// completed over the datagram as a NIC would (`csum_start`, `csum_offset`).
     fn segment(f: &Frame<'_>) -> Vec<Vec<u8>> {
         if f.vnet[1] == GSO_NONE {
             let mut p = f.head.to_vec();
@@ -289,7 +350,11 @@ mod tests {
             return vec![p];
         }
         let mss = usize::from(u16::from_le_bytes([f.vnet[4], f.vnet[5]]));
-        let id = ip_id(f.head);
+        let start = usize::from(u16::from_le_bytes([f.vnet[6], f.vnet[7]]));
+        let offset = usize::from(u16::from_le_bytes([f.vnet[8], f.vnet[9]]));
+        let partial = u16::from_be_bytes([f.head[26], f.head[27]]);
+        let super_len = u16::from_be_bytes([f.head[24], f.head[25]]);
+        let id = ip_id(&f.head);
         f.payload
             .chunks(mss)
             .enumerate()
@@ -302,10 +367,15 @@ mod tests {
                 p[10..12].copy_from_slice(&[0, 0]);
                 let ck = header_checksum(&p[..20]);
                 p[10..12].copy_from_slice(&ck.to_be_bytes());
-                p[24..26].copy_from_slice(&((total - 20) as u16).to_be_bytes());
-                p[26..28].copy_from_slice(&[0, 0]);
-                let sum = fold(ones_sum(&p[20..], pseudo_sum(&p, total - 20)));
-                p[26..28].copy_from_slice(&(!sum).to_be_bytes());
+                let new_len = (total - 20) as u16;
+                p[24..26].copy_from_slice(&new_len.to_be_bytes());
+                // csum16_add(csum16_sub(check, old_len), new_len)
+                let adjusted = fold(
+                    u64::from(fold(u64::from(partial) + u64::from(!super_len)))
+                        + u64::from(new_len),
+                );
+                p[start + offset..start + offset + 2].copy_from_slice(&adjusted.to_be_bytes());
+                assert!(complete_checksum(&mut p, start, offset));
                 p
             })
             .collect()
@@ -350,6 +420,22 @@ mod tests {
         );
         assert_eq!(segment(&f), sent);
         assert!(o.is_empty() && o.take().is_none());
+        // Written one by one instead (a kernel that refuses the frame): the same datagrams.
+        assert_eq!(o.unmerged(), sent);
+        assert!(o.offer(&sent[0]));
+        assert!(o.unmerged().is_empty(), "something new was offered");
+    }
+
+    #[test]
+    fn a_wrong_partial_checksum_would_show() {
+        let sent: Vec<Vec<u8>> = (0..3u16).map(|i| datagram(i, &[i as u8 + 1; 64])).collect();
+        let mut o = Outbox::default();
+        for p in &sent {
+            assert!(o.offer(p));
+        }
+        let mut f = o.take().unwrap();
+        f.head[27] ^= 1;
+        assert_ne!(segment(&f), sent);
     }
 
     #[test]
@@ -378,6 +464,17 @@ mod tests {
         let mut tcp = datagram(1, b"payload");
         tcp[9] = 6;
         assert!(!o.offer(&tcp));
+        let mut bad_header = datagram(1, b"payload");
+        bad_header[11] ^= 1;
+        assert!(!o.offer(&bad_header));
+        let mut last_hop = datagram(1, b"payload");
+        last_hop[8] = 1;
+        let ck = {
+            last_hop[10..12].copy_from_slice(&[0, 0]);
+            header_checksum(&last_hop[..20])
+        };
+        last_hop[10..12].copy_from_slice(&ck.to_be_bytes());
+        assert!(!o.offer(&last_hop), "TTL 1");
         assert!(!o.offer(&datagram(1, b"")));
         assert!(!o.offer(&datagram(1, b"payload")[..30]));
         assert!(!o.offer(&[]));
@@ -399,6 +496,9 @@ mod tests {
         assert!(!o.offer(&other_port), "another flow");
         let mut other_ttl = datagram(11, &[1; 50]);
         other_ttl[8] = 63;
+        other_ttl[10..12].copy_from_slice(&[0, 0]);
+        let ck = header_checksum(&other_ttl[..20]);
+        other_ttl[10..12].copy_from_slice(&ck.to_be_bytes());
         assert!(!o.offer(&other_ttl), "another TTL");
         assert!(o.offer(&datagram(11, &[1; 20])));
         assert!(!o.offer(&datagram(12, &[1; 20])), "after a shorter one");
