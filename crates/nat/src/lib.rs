@@ -87,6 +87,7 @@
 //! see its module docs for its drive loop.
 #![deny(unsafe_code)]
 
+pub mod checksum;
 mod config;
 mod nat;
 pub mod net;

@@ -9,6 +9,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
+use crate::checksum;
 use crate::nat::{DropReason, Nat, Protocol, Side, TcpFlags};
 
 const PROTO_ICMP: u8 = 1;
@@ -44,31 +45,16 @@ fn ip_at(p: &[u8], i: usize) -> Result<Ipv4Addr, DropReason> {
     ))
 }
 
-/// One's complement sum of `data` (odd trailing byte padded with zero), not folded to 16
-/// bits' complement.
+/// One's complement sum of `data` (odd trailing byte padded with zero), folded to 16 bits,
+/// not complemented.
 pub(crate) fn ones_sum(data: &[u8]) -> u32 {
-    let mut sum: u32 = 0;
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [b] = chunks.remainder() {
-        sum += u32::from(*b) << 8;
-    }
-    fold(sum)
-}
-
-fn fold(mut sum: u32) -> u32 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum
+    u32::from(checksum::fold(checksum::sum(data, 0)))
 }
 
 /// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m').
 pub(crate) fn csum_adjust(csum: u16, old: u16, new: u16) -> u16 {
-    let sum = u32::from(!csum) + u32::from(!old) + u32::from(new);
-    !(fold(sum) as u16)
+    let sum = u64::from(!csum) + u64::from(!old) + u64::from(new);
+    !checksum::fold(sum)
 }
 
 fn csum_adjust_ip(csum: u16, old: Ipv4Addr, new: Ipv4Addr) -> u16 {

@@ -23,6 +23,8 @@
 //! Reads carry the same header; with no offload negotiated (no TUNSETOFFLOAD) the kernel hands
 //! over whole, checksummed packets, but a header asking for a checksum is honoured anyway.
 
+use nat::checksum::{fold, sum as ones_sum};
+
 /// Size of `struct virtio_net_hdr`, the TUN default (TUNSETVNETHDRSZ is not used).
 pub(crate) const VNET_HDR_LEN: usize = 10;
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`.
@@ -87,33 +89,6 @@ pub(crate) fn complete_checksum(pkt: &mut [u8], start: usize, offset: usize) -> 
         f.copy_from_slice(&ck.to_be_bytes());
     }
     true
-}
-
-/// Ones' complement sum of `data` as big-endian 16-bit words (an odd last byte padded with
-/// zero), added to `acc`; fold with [`fold`]. Summing 32-bit words and folding later gives the
-/// same result as 16-bit words (2^16 = 1 modulo 2^16 - 1).
-fn ones_sum(data: &[u8], mut acc: u64) -> u64 {
-    let mut words = data.chunks_exact(4);
-    for w in &mut words {
-        let w: [u8; 4] = w.try_into().unwrap_or([0; 4]);
-        acc += u64::from(u32::from_be_bytes(w));
-    }
-    let rest = words.remainder();
-    if !rest.is_empty() {
-        let mut w = [0u8; 4];
-        for (d, s) in w.iter_mut().zip(rest) {
-            *d = *s;
-        }
-        acc += u64::from(u32::from_be_bytes(w));
-    }
-    acc
-}
-
-fn fold(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
 }
 
 /// Sum of the UDP pseudo-header for `ip` (an IPv4 header) and a UDP length.
